@@ -1,0 +1,209 @@
+"""The stream agents: wiring only. Each reads a batch, calls the pure stages, writes, then acks.
+
+validate: events.raw -> (registry lookup, cached) -> Validator -> events.clean | events.dlq
+sink:     events.clean -> decode -> Arrow block -> ClickHouse events table
+
+Acks happen only after every effect of the batch is durable (records acknowledged by the
+broker, rows acknowledged by ClickHouse); Faust commits acked offsets. `noack_take` is used
+instead of `take` because `take` acks its buffer even when the body raises or is cancelled.
+Infrastructure failures are retried here, forever, with backoff: while they last the agent
+stops taking, the stream buffer fills and Faust pauses fetching. Nothing is dead-lettered for
+an outage, and an exception never escapes an agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import structlog
+
+from agents import dlq
+from agents.codec import BatchWriter, FramingError, Kind, decode, split_frame
+from agents.records import CleanEvent, Invalid, SourceMeta
+from agents.sink import BlockWriter, to_arrow
+from agents.validate import Validator
+from app.exceptions import ServiceUnavailable
+from app.retry import Backoff
+from app.schema_registry import SchemaCache
+
+log = structlog.get_logger(__name__)
+
+# Keep produced messages under Kafka's default 1 MB limit with room for headers.
+MAX_MESSAGE_BYTES = 900_000
+
+
+@dataclass
+class Counters:
+    read: int = 0
+    clean: int = 0
+    dead: int = 0
+    inserted: int = 0
+    by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass
+class WorkerDeps:
+    """Everything the agents talk to, built by the worker entry point (tests build their own)."""
+
+    validator: Validator
+    schemas: SchemaCache
+    clean_writer: BatchWriter
+    events_writer: BlockWriter
+    raw_topic: str
+    clean_topic: str
+    dlq_topic: str
+    take_max: int
+    take_within_s: float
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+    counters: Counters = field(default_factory=Counters)
+
+
+def _schema_ids(values: Sequence[bytes]) -> set[int]:
+    ids = set()
+    for raw in values:
+        try:
+            ids.add(split_frame(raw)[0])
+        except FramingError:
+            pass
+    return ids
+
+
+async def _retry_forever(what: str, action: Callable[[], Awaitable[Any]], deps: WorkerDeps) -> Any:
+    backoff = Backoff(deps.retry_initial_s, deps.retry_max_s)
+    while True:
+        try:
+            return await action()
+        except ServiceUnavailable as exc:
+            delay = backoff.next()
+            if backoff.should_log():
+                log.warning(f"{what}_retrying", error=str(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+
+async def _produce_all(app: faust.App, records: list[dict[str, Any]]) -> None:
+    """Send records and wait until the broker acknowledged every one of them."""
+    try:
+        futures = [await app.producer.send(**r, timestamp=None) for r in records]
+        await asyncio.gather(*futures)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise ServiceUnavailable(f"producing {len(records)} records failed: {exc!r}") from exc
+
+
+def validate_batch(
+    events: Sequence[faust.EventT], deps: WorkerDeps, now_ms: int
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Pure part of one validate batch: the records to produce, and the clean/dead counts."""
+    clean_by_partition: dict[int, list[CleanEvent]] = defaultdict(list)
+    dead: list[Invalid] = []
+    for event in events:
+        msg = event.message
+        meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
+        result = deps.validator.validate_message(msg.value, msg.key, meta, deps.schemas.known)
+        clean_by_partition[msg.partition].extend(result.clean)
+        dead.extend(result.invalid)
+    records: list[dict[str, Any]] = []
+    n_clean = 0
+    for partition, clean in clean_by_partition.items():
+        n_clean += len(clean)
+        for value in deps.clean_writer.encode_chunks(clean, MAX_MESSAGE_BYTES):
+            records.append(
+                {"topic": deps.clean_topic, "key": None, "value": value, "partition": partition,
+                 "headers": None}
+            )
+    records.extend(dead_letter_records(dead, deps, now_ms))
+    return records, n_clean, len(dead)
+
+
+def decode_clean(
+    events: Sequence[faust.EventT], deps: WorkerDeps
+) -> tuple[list[CleanEvent], list[Invalid]]:
+    """Rows of the clean batch messages; a message that does not decode becomes an Invalid."""
+    rows: list[CleanEvent] = []
+    bad: list[Invalid] = []
+    for event in events:
+        msg = event.message
+        meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
+        schema_id = None
+        try:
+            schema_id, body = split_frame(msg.value)
+            schema = deps.schemas.get(schema_id)
+            if schema is None or schema.kind is not Kind.CLEAN_BATCH:
+                raise ValueError(f"schema {schema_id} is not a CleanEventBatch")
+            rows.extend(decode(body, schema)["events"])
+        except Exception as exc:  # noqa: BLE001 - any undecodable message is dead-lettered
+            bad.append(Invalid("sink", type(exc).__name__, str(exc), meta, msg.value, msg.key,
+                               None, schema_id))
+    return rows, bad
+
+
+def dead_letter_records(invalid: Sequence[Invalid], deps: WorkerDeps, now_ms: int) -> list[dict[str, Any]]:
+    records = []
+    for inv in invalid:
+        deps.counters.by_reason[f"{inv.stage}:{inv.error_class}"] += 1
+        records.append(
+            {"topic": deps.dlq_topic, "key": inv.key, "value": inv.raw,
+             "partition": None, "headers": dlq.headers(inv, now_ms)}
+        )
+    return records
+
+
+def install(app: faust.App, deps: WorkerDeps) -> None:
+    """Declare the topics and agents on *app*."""
+    raw = app.topic(deps.raw_topic, key_type=bytes, value_type=bytes,
+                    key_serializer="raw", value_serializer="raw")
+    clean = app.topic(deps.clean_topic, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+    counters = deps.counters
+
+    @app.agent(raw, name="validate")
+    async def validate(stream: faust.StreamT) -> None:
+        async for events in stream.noack_take(deps.take_max, within=deps.take_within_s):
+            await _retry_forever(
+                "registry", lambda: deps.schemas.ensure(_schema_ids([e.message.value for e in events])), deps
+            )
+            records, n_clean, n_dead = validate_batch(events, deps, int(time.time() * 1000))
+            await _retry_forever("produce", lambda: _produce_all(app, records), deps)
+            for event in events:
+                await stream.ack(event)
+            counters.read += len(events)
+            counters.clean += n_clean
+            counters.dead += n_dead
+
+    @app.agent(clean, name="sink")
+    async def sink(stream: faust.StreamT) -> None:
+        async for events in stream.noack_take(deps.take_max, within=deps.take_within_s):
+            await _retry_forever(
+                "registry", lambda: deps.schemas.ensure(_schema_ids([e.message.value for e in events])), deps
+            )
+            rows, bad = decode_clean(events, deps)
+            if bad:
+                records = dead_letter_records(bad, deps, int(time.time() * 1000))
+                await _retry_forever("produce", lambda: _produce_all(app, records), deps)
+                counters.dead += len(bad)
+            if rows:
+                block = to_arrow(rows)
+                await _retry_forever("clickhouse", lambda: deps.events_writer.write(block), deps)
+            for event in events:
+                await stream.ack(event)
+            counters.inserted += len(rows)
+
+    @app.timer(10.0)
+    async def report() -> None:
+        log.info(
+            "worker_progress",
+            raw_messages=counters.read,
+            clean_events=counters.clean,
+            dead_letters=counters.dead,
+            inserted_rows=counters.inserted,
+        )
+
+    _ = (validate, sink, report)

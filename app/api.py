@@ -1,0 +1,187 @@
+"""`rearview api`: the collector, the query API and the dashboard, in one aiohttp app.
+
+    POST /v1/track            one JSON event          -> 202 {"accepted": 1}
+    POST /v1/batch            {"events": [...]}       -> 202 {"accepted": n}
+    GET  /v1/events/count     ?event_name=&from=&to=  -> {"count": n, "source": "events"}
+    GET  /health              liveness
+    GET  /                    the dashboard
+
+Malformed requests get a 4xx with {"error": "..."} naming the problem; a Kafka or ClickHouse
+outage gets 503 (retry later), never a 500 that blames the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from clickhouse_connect.driver.client import Client
+
+import schemas
+from agents.codec import BatchWriter
+from app import clickhouse
+from app.collector.normalize import BadEvent, to_event, to_events
+from app.collector.producer import BatchingProducer
+from app.exceptions import ServiceUnavailable
+from app.query import BadQuery, CountRequest, count_events, parse_time
+from app.schema_registry import register
+from app.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DASHBOARD = Path(__file__).resolve().parent / "dashboard.html"
+
+PRODUCER = web.AppKey("producer", BatchingProducer)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+class LazyClient:
+    """Connects on first use, so the collector starts (and takes events) while ClickHouse is down."""
+
+    def __init__(self, factory: Callable[[], Client]) -> None:
+        self._factory = factory
+        self._client: Client | None = None
+
+    def get(self) -> Client:
+        if self._client is None:
+            self._client = self._factory()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+CH_CLIENT = web.AppKey("clickhouse", LazyClient)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].api.max_body_bytes
+        return _error(413, f"request body is larger than {limit} bytes")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return _error(exc.status, exc.reason)
+        raise
+    except (BadEvent, BadQuery) as exc:
+        return _error(400, str(exc))
+    except ServiceUnavailable as exc:
+        log.warning("request_unavailable", path=request.path, error=str(exc))
+        return _error(503, "the pipeline is temporarily unavailable; retry later")
+
+
+async def _body(request: web.Request) -> Any:
+    data = await request.read()
+    if not data:
+        raise BadEvent("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent(f"the request body is not valid JSON: {exc}") from None
+
+
+def _event_kwargs(request: web.Request) -> dict[str, Any]:
+    return {
+        "received_at_ms": int(time.time() * 1000),
+        "project_id": request.app[SETTINGS].project_id,
+        "ip": request.remote,
+        "user_agent": request.headers.get("User-Agent"),
+    }
+
+
+async def track(request: web.Request) -> web.Response:
+    event = to_event(await _body(request), **_event_kwargs(request))
+    await request.app[PRODUCER].send([event])
+    return _json({"accepted": 1}, 202)
+
+
+async def batch(request: web.Request) -> web.Response:
+    body = await _body(request)
+    events = to_events(body, **_event_kwargs(request))
+    limit = request.app[SETTINGS].api.max_batch_events
+    if len(events) > limit:
+        raise BadEvent(f"a batch holds at most {limit} events, this one {len(events)}")
+    await request.app[PRODUCER].send(events)
+    return _json({"accepted": len(events)}, 202)
+
+
+async def events_count(request: web.Request) -> web.Response:
+    q = request.query
+    req = CountRequest(
+        project_id=request.app[SETTINGS].project_id,
+        event_name=q.get("event_name") or None,
+        start=parse_time("from", q.get("from")),
+        end=parse_time("to", q.get("to")),
+    )
+    lazy = request.app[CH_CLIENT]
+    try:
+        result = await asyncio.to_thread(lambda: count_events(lazy.get(), req))
+    except Exception as exc:
+        raise ServiceUnavailable(f"ClickHouse query failed: {exc}") from exc
+    return _json({"count": result.count, "source": result.source})
+
+
+async def health(_request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def dashboard(_request: web.Request) -> web.Response:
+    return web.Response(text=DASHBOARD.read_text(), content_type="text/html")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.api.max_body_bytes, middlewares=[errors])
+    app[SETTINGS] = settings
+
+    async def startup(app: web.Application) -> None:
+        topic = settings.kafka.topics.raw
+        batch_id = await asyncio.to_thread(
+            register, settings.registry.url, topic, schemas.EVENT_BATCH
+        )
+        app[PRODUCER] = BatchingProducer(
+            {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.producer_config},
+            topic,
+            BatchWriter(schemas.EVENT_BATCH, batch_id),
+            linger_s=settings.api.linger_ms / 1000,
+            max_events=settings.api.batch_max_events,
+        )
+        app[CH_CLIENT] = LazyClient(lambda: clickhouse.connect(settings.clickhouse))
+
+    async def shutdown(app: web.Application) -> None:
+        if PRODUCER in app:
+            await app[PRODUCER].aclose()
+        app[CH_CLIENT].close()
+
+    app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
+    app.router.add_post("/v1/track", track)
+    app.router.add_post("/v1/batch", batch)
+    app.router.add_get("/v1/events/count", events_count)
+    app.router.add_get("/health", health)
+    app.router.add_get("/", dashboard)
+    return app
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    log.info("api_starting", url=f"http://{host}:{port}/")
+    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)

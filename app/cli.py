@@ -1,0 +1,204 @@
+"""`rearview`: one command, a subcommand per process and per operation.
+
+Settings come from the environment (RV_*, see app/settings.py); options override them.
+Errors are one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from app.exceptions import RearviewError
+from app.settings import Settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.ensure_object(dict)["settings"]  # type: ignore[no-any-return]
+
+
+def _with(settings: Settings, section: str, **changes: Any) -> Settings:
+    """A copy of *settings* with fields of one section changed (None values ignored)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return settings
+    updated = getattr(settings, section).model_copy(update=changes)
+    return settings.model_copy(update={section: updated})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None) -> None:
+    """Rearview: event analytics on Kafka, Faust and ClickHouse."""
+    from app.logs import configure
+
+    settings = Settings()
+    if log_level:
+        settings = _with(settings, "log", level=log_level)
+    configure(settings.log)
+    ctx.ensure_object(dict)["settings"] = settings
+
+
+@cli.command()
+@click.option("--host", default=None, help="Listen address [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Listen port [9092].")
+@click.pass_context
+def broker(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the embedded Kafka broker (Tansu, in memory) and create the pipeline's topics."""
+    from app.embedded.broker import serve
+
+    s = _with(_settings(ctx), "broker", host=host, port=port)
+    serve(s.broker.host, s.broker.port, s.kafka)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Listen address [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Listen port [8081].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where schemas are stored durably [.rearview/registry].")
+@click.pass_context
+def registry(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Run the embedded schema registry (Confluent Schema Registry API)."""
+    from app.embedded.registry.server import serve
+
+    s = _with(_settings(ctx), "registry", host=host, port=port, data_dir=data_dir)
+    serve(s.registry.host, s.registry.port, s.registry.data_dir)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Listen address [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Listen port [8123].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="chdb data path [.rearview/clickhouse].")
+@click.pass_context
+def clickhouse(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Run the embedded ClickHouse (chdb) behind the ClickHouse HTTP interface."""
+    from app.embedded.clickhouse.server import serve
+
+    s = _with(_settings(ctx), "clickhouse", host=host, port=port, data_dir=data_dir)
+    serve(s.clickhouse.host, s.clickhouse.port, s.clickhouse.data_dir)
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Apply the numbered ClickHouse migrations from tables/migrations."""
+    from app.clickhouse import connect, ensure_database
+    from tables.migrate import migrate as run_migrations
+
+    s = _settings(ctx)
+    ensure_database(s.clickhouse)
+    client = connect(s.clickhouse)
+    try:
+        applied = run_migrations(
+            client, on_apply=lambda m: click.echo(f"applied {m.version:04d}_{m.name}")
+        )
+    finally:
+        client.close()
+    if not applied:
+        click.echo(f"database {s.clickhouse.database} is up to date")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address of the worker's status page [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port of the worker's status page [6066].")
+@click.pass_context
+def worker(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the Faust worker: validate events.raw, sink events.clean into ClickHouse."""
+    from app.worker import run
+
+    s = _settings(ctx)
+    run(s, host or "127.0.0.1", port or s.worker.web_port)
+
+
+@cli.command()
+@click.option("--host", default=None, help="Listen address [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Listen port [8000].")
+@click.pass_context
+def api(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the collector, the query API and the dashboard."""
+    from app.api import serve
+
+    s = _with(_settings(ctx), "api", host=host, port=port)
+    serve(s, s.api.host, s.api.port)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address every service binds.")
+@click.option("--port", type=int, default=None, help="Port of the API and dashboard [8000].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".rearview"),
+              show_default=True, help="Where the registry, ClickHouse and logs keep their files.")
+@click.option("--demo/--no-demo", default=False, help="Also send steady demo traffic.")
+@click.option("--demo-rate", type=float, default=50.0, show_default=True, help="Demo events/s.")
+@click.option("--free-ports", is_flag=True, help="Pick free ports for every service.")
+@click.pass_context
+def up(ctx: click.Context, host: str, port: int | None, data_dir: Path, demo: bool,
+       demo_rate: float, free_ports: bool) -> None:
+    """Start the whole stack, wait until it is healthy, print its URLs; Ctrl-C stops it all."""
+    from app.up import Stack
+
+    stack = Stack(_settings(ctx), host, data_dir, api_port=port, free_ports=free_ports)
+    sys.exit(stack.run(demo_rate=demo_rate if demo else None))
+
+
+@cli.command()
+@click.option("--count", type=int, default=10_000, show_default=True, help="Events to send; 0 sends forever.")
+@click.option("--rate", type=float, default=0.0, show_default=True, help="Events/s; 0 is as fast as possible.")
+@click.option("--users", type=int, default=1000, show_default=True, help="Size of the user population.")
+@click.option("--seed", type=int, default=None, help="Random seed, for repeatable traffic.")
+@click.option("--target", type=click.Choice(["http", "kafka"]), default="http", show_default=True,
+              help="The collector over HTTP, or EventBatch messages straight to Kafka.")
+@click.option("--url", default=None, help="Collector URL [http://127.0.0.1:8000].")
+@click.option("--batch-size", type=int, default=500, show_default=True, help="Events per request or message.")
+@click.pass_context
+def generate(ctx: click.Context, count: int, rate: float, users: int, seed: int | None,
+             target: str, url: str | None, batch_size: int) -> None:
+    """Send synthetic, realistic events (sessions, a signup funnel, countries, devices)."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    import schemas
+    from app.generate import EventGenerator, send_http, send_kafka
+    from app.schema_registry import register
+
+    s = _settings(ctx)
+    events = EventGenerator(users, seed).events()
+    with Progress(disable=count == 0 or not sys.stderr.isatty(), transient=True) as progress:
+        task = progress.add_task("sending events", total=count or None)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        if target == "http":
+            base = url or f"http://{s.api.host}:{s.api.port}"
+            sent = asyncio.run(send_http(base, events, count, rate, batch_size, advance))
+        else:
+            topic = s.kafka.topics.raw
+            schema_id = register(s.registry.url, topic, schemas.EVENT_BATCH)
+            sent = send_kafka(s.kafka.bootstrap_servers, topic, schema_id, events, count, rate,
+                              batch_size, advance)
+    click.echo(f"sent {sent} events")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except RearviewError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

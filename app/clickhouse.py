@@ -1,0 +1,42 @@
+"""ClickHouse clients from settings: the same code for the embedded endpoint and a server."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from app.exceptions import ConfigurationError
+from app.settings import ClickHouseSettings
+
+
+def connect(settings: ClickHouseSettings, database: str | None = None, **kwargs: object) -> Client:
+    """A clickhouse-connect client for ``settings.url`` (http or https), in *database*.
+
+    The database defaults to the configured one; pass ``database="default"`` to reach a server
+    before `rearview migrate` created it.
+    """
+    url = urlparse(settings.url)
+    if url.scheme not in {"http", "https"}:
+        raise ConfigurationError(
+            f"clickhouse.url must be http(s)://host:port, got {settings.url!r}"
+        )
+    return clickhouse_connect.get_client(
+        host=url.hostname or "127.0.0.1",
+        port=url.port or (8443 if url.scheme == "https" else 8123),
+        secure=url.scheme == "https",
+        username=settings.username,
+        password=settings.password.get_secret_value(),
+        database=database or settings.database,
+        compress="lz4",
+        **kwargs,
+    )
+
+
+def ensure_database(settings: ClickHouseSettings) -> None:
+    client = connect(settings, database="default")
+    try:
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{settings.database}`")
+    finally:
+        client.close()

@@ -1,0 +1,108 @@
+"""Rearview configuration: one pydantic-settings root, built once by the CLI and passed down.
+
+Every value can be set from the environment with the ``RV_`` prefix and ``__`` between a section
+and its field, e.g. ``RV_KAFKA__BOOTSTRAP_SERVERS=kafka-1:9092`` or
+``RV_CLICKHOUSE__URL=https://ch.example.com:8443``. The defaults point at the embedded stack
+that ``rearview up`` starts on 127.0.0.1; production changes URLs only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TopicSettings(BaseModel):
+    raw: str = "events.raw"
+    clean: str = "events.clean"
+    dlq: str = "events.dlq"
+    # Partition counts are final: topics are created at start-up with these counts (the
+    # embedded broker cannot add partitions later, and re-partitioning moves keys anyway).
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topics: TopicSettings = TopicSettings()
+    # Embedded broker: a group join takes about half the session timeout, so keep it short.
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    # Extra librdkafka properties for the producers (collector, generator), e.g. security.
+    producer_config: dict[str, str] = {}
+
+
+class BrokerSettings(BaseModel):
+    """The embedded Tansu broker (`rearview broker`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9092
+
+
+class RegistrySettings(BaseModel):
+    url: str = "http://127.0.0.1:8081"
+    # Embedded registry (`rearview registry`): where it keeps its durable state.
+    host: str = "127.0.0.1"
+    port: int = 8081
+    data_dir: Path = Path(".rearview/registry")
+    basic_auth_user_info: SecretStr | None = None
+
+
+class ClickHouseSettings(BaseModel):
+    # http(s)://host:port of a ClickHouse server, or chdb:///path for in-process chdb.
+    url: str = "http://127.0.0.1:8123"
+    database: str = "rearview"
+    username: str = "default"
+    password: SecretStr = SecretStr("")
+    # Embedded endpoint (`rearview clickhouse`): chdb served over the ClickHouse HTTP interface.
+    host: str = "127.0.0.1"
+    port: int = 8123
+    data_dir: Path = Path(".rearview/clickhouse")
+    insert_timeout_s: float = 30.0
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Requests larger than this are refused with 413 before they are parsed.
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_batch_events: int = 10_000
+    # How long the collector may linger to fill a batch message before producing it.
+    linger_ms: float = 5.0
+    batch_max_events: int = 500
+
+
+class WorkerSettings(BaseModel):
+    app_id: str = "rearview"
+    data_dir: Path = Path(".rearview/worker")
+    web_port: int = 6066
+    take_max: int = 200
+    take_within_s: float = 0.5
+    sink_block_rows: int = 50_000
+    sink_flush_s: float = 1.0
+    # Backoff for infrastructure failures (registry or ClickHouse unreachable).
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+
+
+class LogSettings(BaseModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RV_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    project_id: str = "default"
+    kafka: KafkaSettings = KafkaSettings()
+    broker: BrokerSettings = BrokerSettings()
+    registry: RegistrySettings = RegistrySettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    api: ApiSettings = ApiSettings()
+    worker: WorkerSettings = WorkerSettings()
+    log: LogSettings = LogSettings()

@@ -1,0 +1,158 @@
+"""`rearview up`: the whole embedded stack as child processes, in dependency order.
+
+broker -> registry -> clickhouse -> (migrate) -> worker -> api [-> demo traffic]
+
+Each child runs `rearview <service>` in its own process group and is stopped by its pid:
+SIGTERM first, SIGKILL if it does not exit in time. Children get their configuration through
+RV_* environment variables, so each one sees the same settings as this process. If a child
+dies, the stack is stopped and `up` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from app.embedded.broker import ensure_topics, pipeline_topics
+from app.embedded.process import ChildProcess, free_port, http_ready, python_module, tcp_ready
+from app.settings import Settings
+
+
+class Stack:
+    def __init__(
+        self,
+        settings: Settings,
+        host: str,
+        data_dir: Path,
+        api_port: int | None = None,
+        free_ports: bool = False,
+    ) -> None:
+        self.host = host
+        self.data_dir = data_dir.resolve()
+        self.logs = self.data_dir / "logs"
+
+        def port(default: int) -> int:
+            return free_port(host) if free_ports else default
+
+        self.broker_port = port(settings.broker.port)
+        self.registry_port = port(settings.registry.port)
+        self.clickhouse_port = port(settings.clickhouse.port)
+        self.worker_port = port(settings.worker.web_port)
+        self.api_port = api_port or port(settings.api.port)
+        self.env = {
+            "RV_KAFKA__BOOTSTRAP_SERVERS": f"{host}:{self.broker_port}",
+            "RV_REGISTRY__URL": f"http://{host}:{self.registry_port}",
+            "RV_CLICKHOUSE__URL": f"http://{host}:{self.clickhouse_port}",
+            "RV_WORKER__DATA_DIR": str(self.data_dir / "worker"),
+            "RV_API__HOST": host,
+            "RV_API__PORT": str(self.api_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.settings = settings
+        self.children: list[ChildProcess] = []
+        self._stop = threading.Event()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    def _child(self, name: str, *args: str, ready_url: str | None = None, port: int = 0) -> ChildProcess:
+        return ChildProcess(
+            name,
+            python_module("app.cli", *args),
+            ready=http_ready(ready_url) if ready_url else tcp_ready(self.host, port),
+            env=self.env,
+            log_path=self.logs / f"{name}.log",
+        )
+
+    def _start(self, child: ChildProcess, timeout_s: float = 90.0) -> None:
+        click.echo(f"  starting {child.name:<10}", nl=False)
+        self.children.append(child)
+        child.start()
+        child.wait_ready(timeout_s)
+        click.echo(f" ready (pid {child.pid}, log {child.log_path})")
+
+    def start(self, demo_rate: float | None = None) -> None:
+        h = self.host
+        self._start(self._child("broker", "broker", "--host", h, "--port", str(self.broker_port),
+                                port=self.broker_port))
+        ensure_topics(f"{h}:{self.broker_port}", pipeline_topics(self.settings.kafka))
+        self._start(self._child(
+            "registry", "registry", "--host", h, "--port", str(self.registry_port),
+            "--data-dir", str(self.data_dir / "registry"),
+            ready_url=f"http://{h}:{self.registry_port}/health"))
+        self._start(self._child(
+            "clickhouse", "clickhouse", "--host", h, "--port", str(self.clickhouse_port),
+            "--data-dir", str(self.data_dir / "clickhouse"),
+            ready_url=f"http://{h}:{self.clickhouse_port}/ping"))
+        migrate = self._child("migrate", "migrate", port=0)
+        migrate.start()
+        assert migrate.proc is not None
+        if migrate.proc.wait(120) != 0:
+            raise click.ClickException(f"migrate failed; see {migrate.log_path}")
+        migrate.stop()
+        click.echo("  migrations applied")
+        self._start(self._child(
+            "worker", "worker", "--host", h, "--port", str(self.worker_port),
+            ready_url=f"http://{h}:{self.worker_port}/health"))
+        self._start(self._child("api", "api", ready_url=f"{self.api_url}/health"))
+        if demo_rate:
+            self._start(self._child(
+                "demo", "generate", "--count", "0", "--rate", str(demo_rate), "--batch-size", "50",
+                "--url", self.api_url, port=self.api_port))
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+
+    def run(self, demo_rate: float | None = None) -> int:
+        """Start, report, supervise until a signal or a child's death, stop. Returns exit code."""
+
+        starting = True
+
+        def on_signal(_sig: int, _frame: FrameType | None) -> None:
+            self._stop.set()
+            if starting:  # interrupt a start-up that is waiting on a slow service
+                raise KeyboardInterrupt
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        click.echo(f"Rearview is starting (data and logs in {self.data_dir})")
+        try:
+            self.start(demo_rate)
+            starting = False
+            click.echo(
+                f"\nRearview is up.\n"
+                f"  dashboard    {self.api_url}/\n"
+                f"  collector    POST {self.api_url}/v1/track, {self.api_url}/v1/batch\n"
+                f"  query        {self.api_url}/v1/events/count\n"
+                f"  kafka        {self.host}:{self.broker_port}\n"
+                f"  registry     http://{self.host}:{self.registry_port}\n"
+                f"  clickhouse   http://{self.host}:{self.clickhouse_port}\n"
+                f"Press Ctrl-C to stop."
+            )
+            while not self._stop.wait(0.5):
+                dead = [c for c in self.children if not c.alive()]
+                if dead:
+                    click.echo(f"error: {dead[0].name} exited; see {dead[0].log_path}", err=True)
+                    return 1
+            return 0
+        except click.ClickException:
+            raise
+        except KeyboardInterrupt:
+            return 130
+        except Exception as exc:
+            click.echo(f"\nerror: {exc}", err=True)
+            return 1
+        finally:
+            click.echo("stopping Rearview...", err=True)
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sys.stdout.flush()
