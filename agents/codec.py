@@ -31,7 +31,6 @@ class FramingError(ValueError):
 class Kind(Enum):
     EVENT = "event"  # one event per message (any producer with a stock serializer)
     BATCH = "batch"  # io.rearview.EventBatch: many events per message
-    CLEAN_BATCH = "clean_batch"  # io.rearview.CleanEventBatch, written by the validate stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +79,7 @@ def writer_schema(schema_id: int, schema_text: str) -> WriterSchema:
     except Exception as exc:  # fastavro raises several types for bad schemas
         raise ValueError(f"schema {schema_id} is not a valid Avro schema: {exc}") from exc
     name = _full_name(doc)
-    kind = {
-        schemas.EVENT_BATCH: Kind.BATCH,
-        schemas.CLEAN_EVENT_BATCH: Kind.CLEAN_BATCH,
-    }.get(name, Kind.EVENT)
+    kind = Kind.BATCH if name == schemas.EVENT_BATCH else Kind.EVENT
     return WriterSchema(schema_id, name, kind, parsed)
 
 
@@ -97,7 +93,7 @@ def decode(body: bytes, schema: WriterSchema) -> Any:
 
 
 class BatchWriter:
-    """Encodes a list of records as one framed batch message (EventBatch or CleanEventBatch)."""
+    """Encodes a list of events as one framed EventBatch message."""
 
     def __init__(self, full_name: str, schema_id: int) -> None:
         self.schema_id = schema_id

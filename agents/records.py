@@ -17,7 +17,7 @@ class SourceMeta:
 
 
 class CleanEvent(TypedDict):
-    """A validated event, flat, as written to events.clean (schemas/clean_event_batch.avsc)."""
+    """A validated event, flat: one row of the Arrow blocks written to events.clean."""
 
     event_id: str
     project_id: str

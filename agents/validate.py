@@ -75,8 +75,6 @@ class Validator:
         schema = schemas.get(schema_id)
         if schema is None:
             return whole("UnknownSchema", f"schema id {schema_id} is not in the registry", schema_id)
-        if schema.kind is Kind.CLEAN_BATCH:
-            return whole("WrongSchema", f"{schema.full_name} is not an input event schema", schema_id)
         try:
             decoded = decode(body, schema)
         except Exception as exc:  # corrupted Avro raises EOFError, UnicodeDecodeError, ...

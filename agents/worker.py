@@ -1,7 +1,7 @@
 """The stream agents: wiring only. Each reads a batch, calls the pure stages, writes, then acks.
 
 validate: events.raw -> (registry lookup, cached) -> Validator -> events.clean | events.dlq
-sink:     events.clean -> decode -> Arrow block -> ClickHouse events table
+sink:     events.clean (Arrow blocks) -> one concatenated block -> ClickHouse events table
 
 Acks happen only after every effect of the batch is durable (records acknowledged by the
 broker, rows acknowledged by ClickHouse); Faust commits acked offsets. `noack_take` is used
@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import pyarrow as pa
 import structlog
 
 from agents import dlq
-from agents.codec import BatchWriter, FramingError, Kind, decode, split_frame
+from agents.codec import FramingError, split_frame
 from agents.records import CleanEvent, Invalid, SourceMeta
-from agents.sink import BlockWriter, to_arrow
+from agents.sink import BlockWriter, decode_block, encode_blocks
 from agents.validate import Validator
 from app.exceptions import ServiceUnavailable
 from app.retry import Backoff
@@ -53,7 +54,6 @@ class WorkerDeps:
 
     validator: Validator
     schemas: SchemaCache
-    clean_writer: BatchWriter
     events_writer: BlockWriter
     raw_topic: str
     clean_topic: str
@@ -114,7 +114,7 @@ def validate_batch(
     n_clean = 0
     for partition, clean in clean_by_partition.items():
         n_clean += len(clean)
-        for value in deps.clean_writer.encode_chunks(clean, MAX_MESSAGE_BYTES):
+        for value in encode_blocks(clean, MAX_MESSAGE_BYTES):
             records.append(
                 {"topic": deps.clean_topic, "key": None, "value": value, "partition": partition,
                  "headers": None}
@@ -123,26 +123,18 @@ def validate_batch(
     return records, n_clean, len(dead)
 
 
-def decode_clean(
-    events: Sequence[faust.EventT], deps: WorkerDeps
-) -> tuple[list[CleanEvent], list[Invalid]]:
-    """Rows of the clean batch messages; a message that does not decode becomes an Invalid."""
-    rows: list[CleanEvent] = []
+def decode_clean(events: Sequence[faust.EventT]) -> tuple[list[pa.Table], list[Invalid]]:
+    """Arrow blocks of the clean messages; a message that does not decode becomes an Invalid."""
+    blocks: list[pa.Table] = []
     bad: list[Invalid] = []
     for event in events:
         msg = event.message
-        meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
-        schema_id = None
         try:
-            schema_id, body = split_frame(msg.value)
-            schema = deps.schemas.get(schema_id)
-            if schema is None or schema.kind is not Kind.CLEAN_BATCH:
-                raise ValueError(f"schema {schema_id} is not a CleanEventBatch")
-            rows.extend(decode(body, schema)["events"])
-        except Exception as exc:  # noqa: BLE001 - any undecodable message is dead-lettered
-            bad.append(Invalid("sink", type(exc).__name__, str(exc), meta, msg.value, msg.key,
-                               None, schema_id))
-    return rows, bad
+            blocks.append(decode_block(msg.value))
+        except ValueError as exc:
+            meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
+            bad.append(Invalid("sink", "BadCleanBlock", str(exc), meta, msg.value, msg.key))
+    return blocks, bad
 
 
 def dead_letter_records(invalid: Sequence[Invalid], deps: WorkerDeps, now_ms: int) -> list[dict[str, Any]]:
@@ -181,20 +173,17 @@ def install(app: faust.App, deps: WorkerDeps) -> None:
     @app.agent(clean, name="sink")
     async def sink(stream: faust.StreamT) -> None:
         async for events in stream.noack_take(deps.take_max, within=deps.take_within_s):
-            await _retry_forever(
-                "registry", lambda: deps.schemas.ensure(_schema_ids([e.message.value for e in events])), deps
-            )
-            rows, bad = decode_clean(events, deps)
+            blocks, bad = decode_clean(events)
             if bad:
                 records = dead_letter_records(bad, deps, int(time.time() * 1000))
                 await _retry_forever("produce", lambda: _produce_all(app, records), deps)
                 counters.dead += len(bad)
-            if rows:
-                block = to_arrow(rows)
+            if blocks:
+                block = pa.concat_tables(blocks)
                 await _retry_forever("clickhouse", lambda: deps.events_writer.write(block), deps)
+                counters.inserted += block.num_rows
             for event in events:
                 await stream.ack(event)
-            counters.inserted += len(rows)
 
     @app.timer(10.0)
     async def report() -> None:

@@ -16,6 +16,7 @@ def broker_url(bootstrap_servers: str) -> str:
 def create_app(settings: Settings, web_host: str = "127.0.0.1", web_port: int | None = None) -> faust.App:
     k = settings.kafka
     w = settings.worker
+    w.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         w.app_id,
         broker=broker_url(k.bootstrap_servers),
@@ -39,4 +40,7 @@ def create_app(settings: Settings, web_host: str = "127.0.0.1", web_port: int | 
     # Faust's start-up can leave these at DEBUG; a log record per message costs 5-12%.
     for name in ("aiokafka", "faust", "mode"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Connection errors are retried and logged (throttled) by the agents themselves.
+    for name in ("urllib3", "clickhouse_connect"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return app

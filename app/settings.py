@@ -106,3 +106,23 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
     log: LogSettings = LogSettings()
+
+
+def to_env(settings: BaseSettings | BaseModel, prefix: str = "RV_") -> dict[str, str]:
+    """RV_* environment variables that rebuild *settings* in a child process."""
+    import json
+
+    env: dict[str, str] = {}
+    for name, value in settings:
+        key = f"{prefix}{name.upper()}"
+        if isinstance(value, BaseModel):
+            env.update(to_env(value, key + "__"))
+        elif isinstance(value, SecretStr):
+            env[key] = value.get_secret_value()
+        elif value is None:
+            continue
+        elif isinstance(value, (dict, list)):
+            env[key] = json.dumps(value)
+        else:
+            env[key] = str(value)
+    return env

@@ -21,7 +21,7 @@ import click
 
 from app.embedded.broker import ensure_topics, pipeline_topics
 from app.embedded.process import ChildProcess, free_port, http_ready, python_module, tcp_ready
-from app.settings import Settings
+from app.settings import Settings, to_env
 
 
 class Stack:
@@ -45,16 +45,19 @@ class Stack:
         self.clickhouse_port = port(settings.clickhouse.port)
         self.worker_port = port(settings.worker.web_port)
         self.api_port = api_port or port(settings.api.port)
-        self.env = {
-            "RV_KAFKA__BOOTSTRAP_SERVERS": f"{host}:{self.broker_port}",
-            "RV_REGISTRY__URL": f"http://{host}:{self.registry_port}",
-            "RV_CLICKHOUSE__URL": f"http://{host}:{self.clickhouse_port}",
-            "RV_WORKER__DATA_DIR": str(self.data_dir / "worker"),
-            "RV_API__HOST": host,
-            "RV_API__PORT": str(self.api_port),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.settings = settings
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": f"{host}:{self.broker_port}"})
+        self.settings = settings.model_copy(
+            update={
+                "kafka": kafka,
+                "registry": settings.registry.model_copy(
+                    update={"url": f"http://{host}:{self.registry_port}"}),
+                "clickhouse": settings.clickhouse.model_copy(
+                    update={"url": f"http://{host}:{self.clickhouse_port}"}),
+                "worker": settings.worker.model_copy(update={"data_dir": self.data_dir / "worker"}),
+                "api": settings.api.model_copy(update={"host": host, "port": self.api_port}),
+            }
+        )
+        self.env = {**to_env(self.settings), "PYTHONUNBUFFERED": "1"}
         self.children: list[ChildProcess] = []
         self._stop = threading.Event()
 

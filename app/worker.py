@@ -5,14 +5,12 @@ from __future__ import annotations
 import faust
 import structlog
 
-import schemas
-from agents.codec import BatchWriter
 from agents.sink import EventsWriter
 from agents.validate import Validator
 from agents.worker import WorkerDeps, install
 from app import clickhouse
 from app.faust_app import create_app
-from app.schema_registry import SchemaCache, register
+from app.schema_registry import SchemaCache
 from app.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -21,11 +19,9 @@ log = structlog.get_logger(__name__)
 def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, WorkerDeps]:
     topics = settings.kafka.topics
     w = settings.worker
-    clean_id = register(settings.registry.url, topics.clean, schemas.CLEAN_EVENT_BATCH)
     deps = WorkerDeps(
         validator=Validator(),
         schemas=SchemaCache(settings.registry.url, w.retry_initial_s, w.retry_max_s),
-        clean_writer=BatchWriter(schemas.CLEAN_EVENT_BATCH, clean_id),
         events_writer=EventsWriter(
             lambda: clickhouse.connect(
                 settings.clickhouse, send_receive_timeout=settings.clickhouse.insert_timeout_s

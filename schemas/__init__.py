@@ -16,12 +16,10 @@ EXAMPLES_DIR = SCHEMA_DIR / "examples"
 
 EVENT = "io.rearview.Event"
 EVENT_BATCH = "io.rearview.EventBatch"
-CLEAN_EVENT_BATCH = "io.rearview.CleanEventBatch"
 
 _FILES = {
     EVENT: "event.avsc",
     EVENT_BATCH: "event_batch.avsc",
-    CLEAN_EVENT_BATCH: "clean_event_batch.avsc",
 }
 
 

@@ -37,7 +37,6 @@ def test_split_frame_names_the_problem(raw: bytes, message: str) -> None:
 
 def test_writer_schema_classifies_batches_and_single_events() -> None:
     assert writer_schema(1, schemas.schema_str(schemas.EVENT_BATCH)).kind is Kind.BATCH
-    assert writer_schema(2, schemas.schema_str(schemas.CLEAN_EVENT_BATCH)).kind is Kind.CLEAN_BATCH
     assert writer_schema(3, schemas.schema_str(schemas.EVENT)).kind is Kind.EVENT
     with pytest.raises(ValueError, match="not a valid Avro schema"):
         writer_schema(4, '{"type": "record"}')
