@@ -1,0 +1,196 @@
+"""The real embedded services, started once per test session on free loopback ports.
+
+Every test that uses `pipeline` gets its own topics, ClickHouse database and consumer group
+on those shared services, so tests do not see each other's events. Every process a fixture
+starts is stopped by its pid when the fixture ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from confluent_kafka import Consumer, Producer
+
+from app import clickhouse
+from app.embedded.broker import ensure_topics, pipeline_topics
+from app.embedded.process import ChildProcess, free_port, http_ready, python_module, tcp_ready
+from app.settings import Settings, to_env
+from tables.migrate import migrate
+
+HOST = "127.0.0.1"
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    tmp: Path
+    children: dict[str, ChildProcess]
+
+
+def _start(name: str, argv: list[str], ready: Callable[[], bool], tmp: Path, env: dict[str, str]) -> ChildProcess:
+    child = ChildProcess(name, argv, ready, env=env, log_path=tmp / f"{name}.log")
+    child.start()
+    try:
+        child.wait_ready(90)
+    except Exception:
+        child.stop()
+        raise
+    return child
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    tmp = tmp_path_factory.mktemp("services")
+    ports = {name: free_port() for name in ("broker", "registry", "clickhouse")}
+    base = Settings()
+    settings = base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(update={"bootstrap_servers": f"{HOST}:{ports['broker']}"}),
+            "registry": base.registry.model_copy(update={"url": f"http://{HOST}:{ports['registry']}"}),
+            "clickhouse": base.clickhouse.model_copy(update={"url": f"http://{HOST}:{ports['clickhouse']}"}),
+        }
+    )
+    env = to_env(settings)
+    children: dict[str, ChildProcess] = {}
+    try:
+        children["broker"] = _start(
+            "broker", python_module("app.cli", "broker", "--host", HOST, "--port", str(ports["broker"])),
+            tcp_ready(HOST, ports["broker"]), tmp, env)
+        children["registry"] = _start(
+            "registry", python_module("app.cli", "registry", "--host", HOST, "--port", str(ports["registry"]),
+                                      "--data-dir", str(tmp / "registry")),
+            http_ready(f"http://{HOST}:{ports['registry']}/health"), tmp, env)
+        children["clickhouse"] = _start(
+            "clickhouse", python_module("app.cli", "clickhouse", "--host", HOST, "--port",
+                                        str(ports["clickhouse"]), "--data-dir", str(tmp / "chdb")),
+            http_ready(f"http://{HOST}:{ports['clickhouse']}/ping"), tmp, env)
+        yield Services(settings, tmp, children)
+    finally:
+        for child in reversed(list(children.values())):
+            child.stop()
+
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Pipeline:
+    """One isolated pipeline on the shared services: its own topics, database and group."""
+
+    settings: Settings
+    tmp: Path
+    children: list[ChildProcess] = field(default_factory=list)
+    _ch: Client | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return to_env(self.settings)
+
+    def start_worker(self, name: str = "worker") -> ChildProcess:
+        port = free_port()
+        child = _start(f"{name}-{self.settings.worker.app_id}",
+                       python_module("app.cli", "worker", "--host", HOST, "--port", str(port)),
+                       http_ready(f"http://{HOST}:{port}/health"), self.tmp, self.env)
+        self.children.append(child)
+        return child
+
+    def start_api(self) -> str:
+        port = free_port()
+        url = f"http://{HOST}:{port}"
+        child = _start(f"api-{self.settings.worker.app_id}",
+                       python_module("app.cli", "api", "--host", HOST, "--port", str(port)),
+                       http_ready(f"{url}/health"), self.tmp, self.env)
+        self.children.append(child)
+        return url
+
+    @property
+    def ch(self) -> Client:
+        if self._ch is None:
+            self._ch = clickhouse.connect(self.settings.clickhouse)
+        return self._ch
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        return self.ch.query(sql, parameters=params).result_rows[0][0]
+
+    def stored(self) -> int:
+        """Distinct events in ClickHouse, as queries see them."""
+        return int(self.scalar("SELECT count() FROM events FINAL"))
+
+    def producer(self) -> Producer:
+        return Producer({"bootstrap.servers": self.settings.kafka.bootstrap_servers, "linger.ms": 5})
+
+    def consume_all(self, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
+        """Every message of *topic* (waits until at least *expected* arrived)."""
+        consumer = Consumer({
+            "bootstrap.servers": self.settings.kafka.bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+        })
+        consumer.subscribe([topic])
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(out) < expected and time.monotonic() < deadline:
+                out.extend(m for m in consumer.consume(500, 0.5) if m.error() is None)
+            # Anything more that arrives shortly after is a duplicate the test should see.
+            out.extend(m for m in consumer.consume(500, 1.0) if m.error() is None)
+        finally:
+            consumer.close()
+        return out
+
+    def close(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        if self._ch is not None:
+            self._ch.close()
+
+
+@pytest.fixture
+def pipeline(services: Services, tmp_path: Path) -> Iterator[Pipeline]:
+    n = next(_ids)
+    tag = f"t{n}_{uuid.uuid4().hex[:6]}"
+    s = services.settings
+    topics = s.kafka.topics.model_copy(
+        update={"raw": f"{tag}.events.raw", "clean": f"{tag}.events.clean", "dlq": f"{tag}.events.dlq"}
+    )
+    settings = s.model_copy(
+        update={
+            "kafka": s.kafka.model_copy(update={"topics": topics}),
+            "clickhouse": s.clickhouse.model_copy(update={"database": f"rv_{tag}"}),
+            "worker": s.worker.model_copy(update={"app_id": f"rearview-{tag}", "data_dir": tmp_path / "worker"}),
+        }
+    )
+    ensure_topics(settings.kafka.bootstrap_servers, pipeline_topics(settings.kafka))
+    clickhouse.ensure_database(settings.clickhouse)
+    client = clickhouse.connect(settings.clickhouse)
+    try:
+        migrate(client)
+    finally:
+        client.close()
+    p = Pipeline(settings, tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
