@@ -195,4 +195,8 @@ def install(app: faust.App, deps: WorkerDeps) -> None:
             inserted_rows=counters.inserted,
         )
 
-    _ = (validate, sink, report)
+    @app.on_before_shutdown.connect
+    async def close_clients(app: faust.App, **kwargs: Any) -> None:
+        await deps.schemas.close()
+
+    _ = (validate, sink, report, close_clients)
