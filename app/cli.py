@@ -85,6 +85,19 @@ def clickhouse(ctx: click.Context, host: str | None, port: int | None, data_dir:
 
 @cli.command()
 @click.pass_context
+def topics(ctx: click.Context) -> None:
+    """Create the pipeline's topics on the configured Kafka (existing ones are kept)."""
+    from app.embedded.broker import ensure_topics, pipeline_topics
+
+    s = _settings(ctx)
+    specs = pipeline_topics(s.kafka)
+    ensure_topics(s.kafka.bootstrap_servers, specs)
+    for t in specs:
+        click.echo(f"{t.name}: {t.partitions} partitions")
+
+
+@cli.command()
+@click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Apply the numbered ClickHouse migrations from tables/migrations."""
     from app.clickhouse import connect, ensure_database
