@@ -1,0 +1,290 @@
+"""chdb served over the ClickHouse HTTP interface, for clickhouse-connect, curl and Grafana.
+
+One request is one statement, as on a real server: the ``query`` URL argument and/or the
+body, ``param_*`` bound parameters, settings as URL arguments, ``database``,
+``default_format``, ``query_id``, ``session_id``, ``wait_end_of_query``; request bodies in
+lz4 (multi-frame), zstd, gzip or deflate; responses compressed when the client sends
+``Accept-Encoding``. ``INSERT ... FORMAT fmt`` data is streamed into chdb as it arrives.
+
+The event loop only moves bytes: chdb calls run on each pooled connection's own thread and
+(de)compression of large bodies on the default executor, so ``/ping`` answers while a long
+query or insert runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+
+from app.embedded.clickhouse.compression import request_decoder
+from app.embedded.clickhouse.connection import DEFAULT_DATABASE, PooledConnection
+from app.embedded.clickhouse.context import RequestContext
+from app.embedded.clickhouse.engine import ChdbEngine
+from app.embedded.clickhouse.exceptions import (
+    READONLY,
+    SYNTAX_ERROR,
+    UNKNOWN_EXCEPTION,
+    ClickHouseEndpointError,
+    QueryFailed,
+)
+from app.embedded.clickhouse.protocol import STREAMABLE_FORMATS, parse_options
+from app.embedded.clickhouse.request_body import (
+    READ_CHUNK,
+    decoded_body,
+    form_fields,
+    read_statement,
+)
+from app.embedded.clickhouse.responses import error_response, send_stream, send_whole
+from app.embedded.clickhouse.statement import InsertWithData, output_format
+
+log = structlog.get_logger(__name__)
+
+ENGINE: Final = web.AppKey("clickhouse_engine", ChdbEngine)
+
+
+def runner_options() -> dict[str, Any]:
+    """Options the aiohttp runner must get for this app.
+
+    Request bodies are decoded by the endpoint (aiohttp knows no lz4, and would decode gzip
+    on the event loop); URLs carry bound parameters and may be long (ClickHouse accepts 1 MiB).
+    """
+    return {
+        "auto_decompress": False,
+        "max_line_size": 1 << 20,
+        "max_field_size": 1 << 16,
+        "read_bufsize": READ_CHUNK,
+        "handler_cancellation": True,
+    }
+
+
+def create_app(engine: ChdbEngine) -> web.Application:
+    """The aiohttp application; run it with :func:`runner_options` (``serve`` does)."""
+    app = web.Application()
+    app[ENGINE] = engine
+    app.router.add_get("/ping", _ping)
+    app.router.add_route("*", "/", _root)
+    return app
+
+
+async def _ping(request: web.Request) -> web.Response:
+    return web.Response(text="Ok.\n")
+
+
+async def _root(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    query_id = request.query.get("query_id") or str(uuid.uuid4())
+    started = time.monotonic()
+    try:
+        if (
+            request.method in ("GET", "HEAD")
+            and "query" not in request.query
+            and not request.body_exists
+        ):
+            return web.Response(text="Ok.\n")  # a health check, as on ClickHouse
+        response = await _execute(request, engine, query_id)
+    except QueryFailed as exc:
+        log.info("clickhouse_query_failed", query_id=query_id, code=exc.code, error=exc.name)
+        return error_response(exc, engine, query_id)
+    except (ConnectionResetError, asyncio.CancelledError):
+        log.debug("clickhouse_client_gone", query_id=query_id)
+        raise
+    except Exception as exc:  # a defect here: answer like ClickHouse, keep serving
+        log.exception("clickhouse_endpoint_error", query_id=query_id)
+        return error_response(
+            QueryFailed(UNKNOWN_EXCEPTION, f"{type(exc).__name__}: {exc} (UNKNOWN_EXCEPTION)"),
+            engine,
+            query_id,
+        )
+    log.debug(
+        "clickhouse_query_done",
+        query_id=query_id,
+        status=response.status,
+        elapsed_ms=round((time.monotonic() - started) * 1000, 1),
+    )
+    return response
+
+
+async def _execute(request: web.Request, engine: ChdbEngine, query_id: str) -> web.StreamResponse:
+    opts = parse_options(request.query.items(), request.headers)
+    opts = replace(opts, query_id=query_id)
+    prefix, opts = await form_fields(request, opts)
+    session = None
+    if opts.session_id is not None:
+        session = engine.sessions.touch(
+            opts.session_id, timeout_s=opts.session_timeout_s, check=opts.session_check
+        )
+    ctx = RequestContext(
+        engine=engine,
+        opts=opts,
+        query_id=query_id,
+        database=opts.database or (session.database if session else None) or DEFAULT_DATABASE,
+        settings={
+            **engine.info.baseline_settings,
+            **(session.settings if session else {}),
+            **opts.settings,
+        },
+        session=session,
+        accept_encoding=request.headers.get("Accept-Encoding"),
+    )
+    body = decoded_body(request, request_decoder(request.headers.get("Content-Encoding")))
+    split, leftover = await read_statement(prefix, body)
+    try:
+        async with engine.connection() as conn:
+            await conn.call(conn.prepare, ctx.database, ctx.settings)
+            if isinstance(split, InsertWithData):
+                return await _insert(request, conn, ctx, split, leftover, body)
+            return await _statement(request, conn, ctx, split.text.encode("latin-1"))
+    finally:
+        if opts.close_session and opts.session_id is not None:
+            engine.sessions.close(opts.session_id)
+
+
+async def _insert(
+    request: web.Request,
+    conn: PooledConnection,
+    ctx: RequestContext,
+    split: InsertWithData,
+    leftover: bytes,
+    body: AsyncIterator[bytes],
+) -> web.StreamResponse:
+    """Stream the data into chdb: append block k while block k+1 is read and decoded."""
+    statement = split.statement.encode("latin-1").decode("utf-8", errors="replace")
+    if request.method in ("GET", "HEAD"):
+        raise _readonly_error()
+    handle = await conn.call(conn.begin_insert, statement, split.input_format)
+    pending: asyncio.Future[None] | None = None
+    try:
+        if leftover:
+            pending = conn.start(conn.append, handle, leftover)
+        async for chunk in body:
+            if pending is not None:
+                await pending
+            pending = conn.start(conn.append, handle, chunk)
+        if pending is not None:
+            await pending
+            pending = None
+        stats = await conn.call(conn.finish_insert, handle)
+    except BaseException:
+        if pending is not None:
+            pending.add_done_callback(_consume_exception)
+        conn.submit(conn.abort_insert, handle)
+        raise
+    response = web.Response(headers=ctx.headers(None, stats))
+    return response
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _readonly_error() -> QueryFailed:
+    return QueryFailed(
+        READONLY,
+        "Cannot execute query in readonly mode. For queries over HTTP, method GET implies "
+        "readonly. You should use method POST for modifying queries. (READONLY)",
+    )
+
+
+async def _statement(
+    request: web.Request, conn: PooledConnection, ctx: RequestContext, sql: bytes
+) -> web.StreamResponse:
+    if not sql.strip():
+        raise QueryFailed(SYNTAX_ERROR, "Empty query. (SYNTAX_ERROR)")
+    kind = await conn.call(conn.classify, sql)
+    if kind.statement_count > 1:
+        raise QueryFailed(SYNTAX_ERROR, "Multi-statements are not allowed (SYNTAX_ERROR)")
+    if request.method in ("GET", "HEAD") and kind.kind == "MUTATING":
+        raise _readonly_error()
+    text = sql.decode("latin-1")
+    fmt = output_format(text, ctx.engine.info.output_formats) or ctx.opts.default_format
+    if kind.kind == "READ_ONLY" and fmt in STREAMABLE_FORMATS:
+        handle = await conn.call(conn.open_stream, sql, ctx.opts.default_format, ctx.opts.params)
+        if handle is not None:
+            return await send_stream(request, conn, ctx, handle, fmt)
+    result = await conn.call(conn.query, sql, ctx.opts.default_format, ctx.opts.params)
+    if kind.kind == "CONTROL":
+        await _remember_session_state(conn, ctx)
+    produces_result = kind.kind == "READ_ONLY" or len(result.data) > 0
+    return await send_whole(
+        request, ctx, result.data, fmt if produces_result else None, result.stats
+    )
+
+
+async def _remember_session_state(conn: PooledConnection, ctx: RequestContext) -> None:
+    """After SET/USE: keep what changed in the session (if any) and track the connection."""
+    state = await conn.call(conn.read_state)
+    if ctx.session is None:
+        return
+    baseline = ctx.engine.info.baseline_settings
+    requested_db = ctx.opts.database or DEFAULT_DATABASE
+    ctx.session.database = state.database if state.database != requested_db else None
+    ctx.session.settings = {
+        name: value
+        for name, value in state.settings.items()
+        if baseline.get(name) != value and ctx.opts.settings.get(name) != value
+    }
+
+
+# -- running the endpoint ------------------------------------------------------------------
+
+
+def serve(host: str, port: int, data_dir: Path) -> None:
+    """Serve chdb on ``http://host:port`` until SIGINT or SIGTERM, then shut down cleanly.
+
+    Raises DataDirLocked if another process owns *data_dir*, ClickHouseEndpointError if the
+    port is taken (both RearviewErrors: the CLI prints them as one line).
+    """
+    engine = ChdbEngine.open(data_dir)
+    try:
+        asyncio.run(_serve(engine, host, port))
+    finally:
+        engine.close()
+    log.info("clickhouse_endpoint_stopped", data_dir=str(engine.data_dir))
+    if engine.has_poisoned_connections:
+        # Finalizing a poisoned chdb connection would hang the process (see engine.py);
+        # every committed part is already on disk, so leave without running finalizers.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+async def _serve(engine: ChdbEngine, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(
+        create_app(engine), access_log=None, shutdown_timeout=5.0, **runner_options()
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ClickHouseEndpointError(
+                f"cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
+        log.info(
+            "clickhouse_endpoint_started",
+            url=f"http://{host}:{port}",
+            data_dir=str(engine.data_dir),
+            engine=f"chdb {engine.info.version}",
+        )
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
