@@ -3,6 +3,7 @@
     POST /v1/track            one JSON event          -> 202 {"accepted": 1}
     POST /v1/batch            {"events": [...]}       -> 202 {"accepted": n}
     GET  /v1/events/count     ?event_name=&from=&to=  -> {"count": n, "source": "events"}
+    GET  /v1/live             active users 1/5/15 min, events this minute, top events now
     GET  /health              liveness
     GET  /                    the dashboard
 
@@ -28,7 +29,8 @@ from agents.codec import BatchWriter
 from app import clickhouse
 from app.collector.normalize import BadEvent, to_event, to_events
 from app.collector.producer import BatchingProducer
-from app.exceptions import ServiceUnavailable
+from app.exceptions import RearviewError, ServiceUnavailable
+from app.live import live, live_rollup
 from app.query import BadQuery, CountRequest, count_events, parse_time
 from app.schema_registry import register
 from app.settings import Settings
@@ -88,6 +90,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ServiceUnavailable as exc:
         log.warning("request_unavailable", path=request.path, error=str(exc))
         return _error(503, "the pipeline is temporarily unavailable; retry later")
+    except RearviewError as exc:
+        log.error("request_failed", path=request.path, error=str(exc))
+        return _error(500, str(exc))
 
 
 async def _body(request: web.Request) -> Any:
@@ -141,6 +146,17 @@ async def events_count(request: web.Request) -> web.Response:
     return _json({"count": result.count, "source": result.source})
 
 
+async def live_now(request: web.Request) -> web.Response:
+    spec = live_rollup(request.app[SETTINGS].aggregate.rollups)
+    lazy = request.app[CH_CLIENT]
+    try:
+        result = await asyncio.to_thread(lambda: live(lazy.get(), spec))
+    except Exception as exc:
+        raise ServiceUnavailable(f"ClickHouse query failed: {exc}") from exc
+    return _json({"active_users": result.active_users, "events_this_minute": result.events_this_minute,
+                  "top_events": result.top_events, "as_of": result.as_of, "source": f"rollup:{spec.name}"})
+
+
 async def health(_request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -177,6 +193,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/track", track)
     app.router.add_post("/v1/batch", batch)
     app.router.add_get("/v1/events/count", events_count)
+    app.router.add_get("/v1/live", live_now)
     app.router.add_get("/health", health)
     app.router.add_get("/", dashboard)
     return app

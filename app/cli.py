@@ -102,6 +102,7 @@ def migrate(ctx: click.Context) -> None:
     """Apply the numbered ClickHouse migrations from tables/migrations."""
     from app.clickhouse import connect, ensure_database
     from tables.migrate import migrate as run_migrations
+    from tables.rollup_tables import ensure_tables
 
     s = _settings(ctx)
     ensure_database(s.clickhouse)
@@ -110,10 +111,45 @@ def migrate(ctx: click.Context) -> None:
         applied = run_migrations(
             client, on_apply=lambda m: click.echo(f"applied {m.version:04d}_{m.name}")
         )
+        created = ensure_tables(client, s.aggregate.rollups)
     finally:
         client.close()
-    if not applied:
+    for table in created:
+        click.echo(f"created rollup table {table}")
+    if not applied and not created:
         click.echo(f"database {s.clickhouse.database} is up to date")
+
+
+@cli.command()
+@click.option("--show", type=int, default=20, show_default=True, help="Differences to print per rollup.")
+@click.pass_context
+def verify(ctx: click.Context, show: int) -> None:
+    """Check every rollup against a GROUP BY over the raw events; exit 1 on any difference."""
+    from app.clickhouse import connect
+    from app.verify import verify as run_verify
+
+    s = _settings(ctx)
+    client = connect(s.clickhouse)
+    try:
+        reports = run_verify(client, s.aggregate.rollups)
+    finally:
+        client.close()
+    failed = False
+    for r in reports:
+        line = f"{r.rollup}: {r.cells} cells, {len(r.differences)} differences"
+        if r.late_windows:
+            line += f", {len(r.late_windows)} windows with late events to repair"
+        if r.max_uniques_error is not None:
+            line += f", uniques max error {r.max_uniques_error:.2%}"
+        click.echo(line)
+        for d in r.differences[:show]:
+            failed = True
+            click.echo(f"  {d.window_start:%Y-%m-%d %H:%M} {'/'.join(d.dims)}: rollup {d.rollup_count}, raw {d.raw_count}")
+        failed = failed or bool(r.differences)
+        for w, dims, late in r.late_windows[:show]:
+            click.echo(f"  late: {w:%Y-%m-%d %H:%M} {'/'.join(dims)}: {late} events not in the rollup")
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tables.rollups import DEFAULT_ROLLUPS, RollupSpec
+
 
 class TopicSettings(BaseModel):
     raw: str = "events.raw"
@@ -88,6 +90,15 @@ class WorkerSettings(BaseModel):
     retry_max_s: float = 10.0
 
 
+class AggregateSettings(BaseModel):
+    """Real-time rollups (see tables/rollups.py for the fields of a rollup definition)."""
+
+    enabled: bool = True
+    # Changed partials are written to the table and ClickHouse this often, not per event.
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    rollups: list[RollupSpec] = list(DEFAULT_ROLLUPS)
+
+
 class LogSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
@@ -105,6 +116,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
+    aggregate: AggregateSettings = AggregateSettings()
     log: LogSettings = LogSettings()
 
 
@@ -117,6 +129,8 @@ def to_env(settings: BaseSettings | BaseModel, prefix: str = "RV_") -> dict[str,
         key = f"{prefix}{name.upper()}"
         if isinstance(value, BaseModel):
             env.update(to_env(value, key + "__"))
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            env[key] = json.dumps([v.model_dump(mode="json") for v in value])
         elif isinstance(value, SecretStr):
             env[key] = value.get_secret_value()
         elif value is None:

@@ -24,6 +24,7 @@ from app.embedded.broker import ensure_topics, pipeline_topics
 from app.embedded.process import ChildProcess, free_port, http_ready, python_module, tcp_ready
 from app.settings import Settings, to_env
 from tables.migrate import migrate
+from tables.rollup_tables import ensure_tables
 
 HOST = "127.0.0.1"
 
@@ -187,6 +188,7 @@ def pipeline(services: Services, tmp_path: Path) -> Iterator[Pipeline]:
     client = clickhouse.connect(settings.clickhouse)
     try:
         migrate(client)
+        ensure_tables(client, settings.aggregate.rollups)
     finally:
         client.close()
     p = Pipeline(settings, tmp_path)

@@ -1,0 +1,199 @@
+"""The aggregate agent: events.clean -> windowed partials -> Faust table + ClickHouse rollups.
+
+Wiring only; the aggregation is `tables.aggregate.Aggregator` (pure). Per take, each Arrow
+block is applied to the in-memory partials and its events are held un-acked. A flush, every
+`flush_interval_s` on a timer (and never only when the next event arrives), writes every
+dirty partial once: to the Faust table's changelog, on the changelog partition equal to the
+partial's source partition, and as a full-state row to its ClickHouse rollup table. Only when
+both are durable are the held events acked. After a crash, Faust restores the table from the
+changelog, the partition's partials are loaded back before its first block, and the replay
+from the committed offset is applied exactly once thanks to each partial's position watermark
+(see tables/aggregate.py).
+
+The table is written with `send_changelog(partition, ...)` and `table.data[...]` instead of
+`table[key] = value`: Faust would pick the changelog partition from "the current event", which
+in a batch is whichever event came last, not the partition the partial belongs to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import structlog
+from clickhouse_connect.driver.client import Client
+
+from agents.sink import decode_block
+from app.exceptions import ServiceUnavailable
+from app.retry import Backoff
+from tables import rollup_tables
+from tables.aggregate import Aggregator
+from tables.rollups import RollupSpec
+from tables.state import PartialState, StateKey
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RollupCounters:
+    applied: int = 0
+    skipped: int = 0
+    late: int = 0
+    flushes: int = 0
+    keys_written: int = 0
+    last_flush_at: float = 0.0
+
+
+class RollupWriter:
+    """Upserts partials into the rollup tables through clickhouse-connect (in a thread)."""
+
+    def __init__(self, client_factory: Callable[[], Client], specs: tuple[RollupSpec, ...]) -> None:
+        self._factory = client_factory
+        self._client: Client | None = None
+        self._specs = {s.name: s for s in specs}
+
+    def _insert(self, items: list[tuple[StateKey, PartialState]]) -> None:
+        if self._client is None:
+            self._client = self._factory()
+        by_rollup: dict[str, list[tuple[StateKey, PartialState]]] = defaultdict(list)
+        for key, state in items:
+            by_rollup[key.rollup].append((key, state))
+        try:
+            for name, part in by_rollup.items():
+                spec = self._specs[name]
+                columns, rows = rollup_tables.upsert_rows(spec, part)
+                self._client.insert(rollup_tables.table_name(spec), rows, column_names=columns)
+        except Exception:
+            client, self._client = self._client, None
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - best effort on a failing client
+                pass
+            raise
+
+    async def write(self, items: list[tuple[StateKey, PartialState]]) -> None:
+        try:
+            await asyncio.to_thread(self._insert, items)
+        except Exception as exc:
+            raise ServiceUnavailable(f"ClickHouse rollup upsert failed: {exc}") from exc
+
+
+@dataclass
+class RollupDeps:
+    aggregator: Aggregator
+    writer: RollupWriter
+    clean_topic: str
+    partitions: int
+    take_max: int
+    take_within_s: float
+    flush_interval_s: float
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+    counters: RollupCounters = field(default_factory=RollupCounters)
+
+
+async def _retry(what: str, action: Callable[[], Awaitable[Any]], deps: RollupDeps) -> Any:
+    backoff = Backoff(deps.retry_initial_s, deps.retry_max_s)
+    while True:
+        try:
+            return await action()
+        except ServiceUnavailable as exc:
+            delay = backoff.next()
+            if backoff.should_log():
+                log.warning(f"{what}_retrying", error=str(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+
+def install(app: faust.App, deps: RollupDeps) -> None:
+    clean = app.topic(deps.clean_topic, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+    # bytes keys and values: Faust stores them raw (StateKey.to_str() and PartialState.to_bytes()).
+    table = app.Table("rollup-state", partitions=deps.partitions, key_type=bytes, value_type=bytes)
+    agg = deps.aggregator
+    counters = deps.counters
+    lock = asyncio.Lock()
+    held: list[faust.EventT] = []  # consumed and applied, acked at the next completed flush
+    restored: set[int] = set()
+    stream_ref: list[faust.StreamT] = []
+
+    def restore_partition(partition: int) -> None:
+        prefix = f"{partition}|"
+        n = 0
+        for key, value in list(table.data.items()):
+            text = key.decode() if isinstance(key, bytes) else key
+            if text.startswith(prefix) and agg.restore(StateKey.parse(text), value):
+                n += 1
+        restored.add(partition)
+        log.info("rollup_partition_restored", partition=partition, partials=n)
+
+    async def flush() -> None:
+        async with lock:
+            dirty = agg.dirty()
+            acks = list(held)
+            held.clear()
+            if dirty:
+                items = [(k, v) for k, v in dirty.items()]
+                encoded = [(k.to_str(), k.partition, v.to_bytes()) for k, v in items]
+                futures = []
+                for key_str, partition, value in encoded:
+                    key_bytes = key_str.encode()
+                    table.data[key_bytes] = value
+                    futures.append(await table.changelog_topic.send(
+                        key=key_bytes, value=value, partition=partition,
+                        key_serializer="raw", value_serializer="raw"))
+
+                async def changelog_durable() -> None:
+                    try:
+                        await asyncio.gather(*futures)
+                    except Exception as exc:
+                        raise ServiceUnavailable(f"changelog write failed: {exc!r}") from exc
+
+                await _retry("rollup_changelog", changelog_durable, deps)
+                await _retry("rollup_clickhouse", lambda: deps.writer.write(items), deps)
+                agg.mark_flushed()
+                counters.keys_written += len(items)
+            counters.flushes += 1
+            counters.last_flush_at = time.time()
+            if stream_ref:
+                for event in acks:
+                    await stream_ref[0].ack(event)
+
+    @app.agent(clean, name="aggregate")
+    async def aggregate(stream: faust.StreamT) -> None:
+        stream_ref[:] = [stream]
+        async for events in stream.noack_take(deps.take_max, within=deps.take_within_s):
+            async with lock:
+                for event in events:
+                    msg = event.message
+                    if msg.partition not in restored:
+                        restore_partition(msg.partition)
+                    try:
+                        block = decode_block(msg.value)
+                    except ValueError:
+                        continue  # the sink agent dead-letters undecodable blocks
+                    result = agg.apply(block)
+                    counters.applied += result.applied
+                    counters.skipped += result.skipped
+                    counters.late += result.late
+                held.extend(events)
+
+    @app.timer(deps.flush_interval_s)
+    async def flush_timer() -> None:
+        await flush()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        async with lock:
+            for tp in revoked:
+                if tp.topic == deps.clean_topic:
+                    agg.drop_partition(tp.partition)
+                    restored.discard(tp.partition)
+            # Events of revoked partitions will be redelivered to their new owner.
+            held[:] = [e for e in held if e.message.tp not in revoked]
+
+    _ = (aggregate, flush_timer, on_revoked)

@@ -1,0 +1,236 @@
+"""Cost of the aggregate stage's pure core on one core, against naive per-event baselines.
+
+    .venv/bin/python bench/aggregate.py [--events 200000] [--runs 5] [--naive-events N]
+                                        [--partitions 4] [--block 2000] [--cpu N]
+
+Events come from the traffic generator (5000 users, seed 1) with a simulated clock of ~20k
+events/s, go through the collector's `to_event`, and become CleanEvent rows with provenance
+(batch messages of 100 events, positions increasing per partition), in events.clean Arrow
+blocks of --block rows, each block from one partition, partitions round-robin. Rollups: the
+three DEFAULT_ROLLUPS. Pinned to one CPU, each figure is events per CPU-second of this thread,
+median of --runs runs (a fresh Aggregator each run):
+
+  * apply: `Aggregator.apply` on every block;
+  * apply + flush: the same, plus every 10 blocks (~1 s of traffic at 20k events/s) what the
+    lead's flush timer does in-process: `dirty()`, `to_bytes()` of every dirty key (with its
+    key string), `mark_flushed()`. No broker, no ClickHouse;
+  * decode + apply + flush: the same, starting from the Arrow IPC bytes of each message;
+  * per-event dict loop: one Python loop over the rows, updating live states in a dict (what
+    "aggregate in plain dicts" costs without vectorisation), no serialization;
+  * naive table update per event: for every event and every rollup, read the key's bytes from
+    a dict-backed store, deserialize, update, serialize, write back: a model of a Faust agent
+    doing `table[key] = ...` per event, where each write serializes the value for the
+    changelog. It runs on the first --naive-events events (default: all). It leaves out Faust's
+    own per-message and changelog-send costs, so a real Faust table is slower still
+    (DESIGN.md measured ~1.7k events/s for `async for event in stream` with one table update
+    per event against the embedded broker; not re-measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pyarrow as pa  # noqa: E402
+
+from agents.records import CleanEvent  # noqa: E402
+from agents.sink import decode_block, encode_blocks, to_arrow  # noqa: E402
+from app.collector.normalize import to_event  # noqa: E402
+from app.generate import EventGenerator  # noqa: E402
+from tables import hll  # noqa: E402
+from tables.aggregate import Aggregator  # noqa: E402
+from tables.rollups import DEFAULT_ROLLUPS, RollupSpec  # noqa: E402
+from tables.state import PartialState, StateKey  # noqa: E402
+
+START_MS = 1_796_116_500_000
+EVENTS_PER_MESSAGE = 100
+FLUSH_EVERY_BLOCKS = 10
+
+
+def build(n: int, partitions: int) -> list[CleanEvent]:
+    """*n* clean events, round-robin over partitions by message, positions increasing."""
+    ticks = itertools.count()
+    # ~4.5 events per session: one session every 0.22 ms of event time is ~20k events/s.
+    gen = EventGenerator(users=5000, seed=1).events(clock=lambda: (START_MS + next(ticks) * 0.22) / 1000)
+    offsets = [0] * partitions
+    out: list[CleanEvent] = []
+    for message in itertools.count():
+        if len(out) >= n:
+            break
+        p = message % partitions
+        for index in range(EVENTS_PER_MESSAGE):
+            raw = next(gen)
+            received = raw["timestamp"] + 50
+            ev = to_event(raw, received_at_ms=received)
+            out.append(CleanEvent(
+                event_id=ev["event_id"], project_id=ev["project_id"], event_name=ev["event_name"],
+                user_id=ev["user_id"], timestamp=ev["timestamp"], properties=ev["properties"],
+                ip=None, user_agent=None, library=ev["context"]["library"], received_at=received,
+                schema_id=1, source_partition=p, source_offset=offsets[p], source_index=index,
+            ))
+        offsets[p] += 1
+    return out[:n]
+
+
+def blocks_of(events: list[CleanEvent], partitions: int, size: int) -> list[list[CleanEvent]]:
+    """Blocks of *size* rows, each of one partition, the partitions' blocks interleaved."""
+    by_partition: list[list[CleanEvent]] = [[] for _ in range(partitions)]
+    for e in events:
+        by_partition[e["source_partition"]].append(e)
+    chunks = [[rows[i:i + size] for i in range(0, len(rows), size)] for rows in by_partition]
+    return [c for group in itertools.zip_longest(*chunks) for c in group if c]
+
+
+def flush(agg: Aggregator) -> int:
+    written = 0
+    for key, state in agg.dirty().items():
+        written += len(key.to_str()) + len(state.to_bytes())
+    agg.mark_flushed()
+    return written
+
+
+def run_apply(tables: list[pa.Table], with_flush: bool) -> int:
+    agg = Aggregator(DEFAULT_ROLLUPS)
+    n = 0
+    for i, table in enumerate(tables, 1):
+        n += agg.apply(table).rows
+        if with_flush and i % FLUSH_EVERY_BLOCKS == 0:
+            flush(agg)
+    if with_flush:
+        flush(agg)
+    return n
+
+
+def run_decode(messages: list[bytes]) -> int:
+    agg = Aggregator(DEFAULT_ROLLUPS)
+    n = 0
+    for i, data in enumerate(messages, 1):
+        n += agg.apply(decode_block(data)).rows
+        if i % FLUSH_EVERY_BLOCKS == 0:
+            flush(agg)
+    flush(agg)
+    return n
+
+
+def _keys(spec: RollupSpec, e: CleanEvent) -> StateKey:
+    g = spec.granularity_ms
+    props = e["properties"]
+    return StateKey(e["source_partition"], spec.name, e["timestamp"] // g * g,
+                    (e["event_name"], *(props.get(k, "") for k in spec.property_keys)))
+
+
+def run_dict_loop(events: list[CleanEvent]) -> int:
+    """Per event, per rollup: a dict lookup and an in-place update (no lateness, no bytes)."""
+    states: dict[StateKey, PartialState] = {}
+    for e in events:
+        position = (e["source_offset"], e["source_index"])
+        for spec in DEFAULT_ROLLUPS:
+            key = _keys(spec, e)
+            state = states.get(key)
+            if state is None:
+                state = states[key] = PartialState(sketch=hll.new(spec.lg_k) if spec.uniques else None)
+            if position > state.applied_through:
+                state.count += 1
+                state.applied_through = position
+                if state.sketch is not None:
+                    state.sketch.update(e["user_id"])
+    return len(events)
+
+
+def run_naive(events: list[CleanEvent]) -> int:
+    """Per event, per rollup: store read, deserialize, update, serialize, store write."""
+    store: dict[str, bytes] = {}
+    for e in events:
+        position = (e["source_offset"], e["source_index"])
+        for spec in DEFAULT_ROLLUPS:
+            key = _keys(spec, e).to_str()
+            data = store.get(key)
+            if data is None:
+                state = PartialState(sketch=hll.new(spec.lg_k) if spec.uniques else None)
+            else:
+                state = PartialState.from_bytes(data)
+            if position > state.applied_through:
+                state.count += 1
+                state.applied_through = position
+                if state.sketch is not None:
+                    state.sketch.update(e["user_id"])
+            store[key] = state.to_bytes()
+    return len(events)
+
+
+def timed(fn: Callable[[], int]) -> float:
+    start = time.thread_time()
+    n = fn()
+    return n / (time.thread_time() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--naive-events", type=int, default=None, help="default: --events")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--block", type=int, default=2000)
+    ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last)")
+    args = ap.parse_args()
+
+    if hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        cpu = args.cpu if args.cpu is not None else cpus[-1]
+        os.sched_setaffinity(0, {cpu})
+        print(f"pinned to CPU {cpu}")
+
+    events = build(args.events, args.partitions)
+    chunks = blocks_of(events, args.partitions, args.block)
+    tables = [to_arrow(c) for c in chunks]
+    messages = [m for c in chunks for m in encode_blocks(c, max_bytes=10**9, rows_per_block=args.block)]
+    naive_events = events if args.naive_events is None else events[: args.naive_events]
+
+    probe = Aggregator(DEFAULT_ROLLUPS)
+    applied = late = 0
+    for table in tables:
+        r = probe.apply(table)
+        applied, late = applied + r.applied, late + r.late
+    flushed_bytes = flush(probe)
+    span_s = (max(e["timestamp"] for e in events) - min(e["timestamp"] for e in events)) / 1000
+
+    figures: dict[str, list[float]] = {k: [] for k in
+                                       ("apply", "apply + flush", "decode + apply + flush",
+                                        "per-event dict loop", "naive table update per event")}
+    for _ in range(args.runs):
+        figures["apply"].append(timed(lambda: run_apply(tables, with_flush=False)))
+        figures["apply + flush"].append(timed(lambda: run_apply(tables, with_flush=True)))
+        figures["decode + apply + flush"].append(timed(lambda: run_decode(messages)))
+        figures["per-event dict loop"].append(timed(lambda: run_dict_loop(events)))
+        figures["naive table update per event"].append(timed(lambda: run_naive(naive_events)))
+
+    medians = {k: statistics.median(v) for k, v in figures.items()}
+    base = medians["naive table update per event"]
+    print(
+        f"{len(events):,} events ({span_s:,.0f} s of event time), {args.partitions} partitions, "
+        f"{len(tables)} blocks of {args.block}; rollups: {', '.join(s.name for s in DEFAULT_ROLLUPS)}; "
+        f"median of {args.runs} runs"
+    )
+    print(f"{len(probe.states()):,} state keys; (row, rollup) applied {applied:,}, late {late:,}; "
+          f"one full flush writes {flushed_bytes / 1e6:.2f} MB")
+    print()
+    print(f"{'path':<32}{'events/s per core':>20}{'us/event':>11}{'x naive':>10}")
+    for name, eps in medians.items():
+        print(f"{name:<32}{eps:>20,.0f}{1e6 / eps:>11.2f}{eps / base:>10.1f}")
+    print()
+    print(f"naive baseline on the first {len(naive_events):,} events; "
+          f"ratio apply / naive = {medians['apply'] / base:.1f}x, "
+          f"apply + flush / naive = {medians['apply + flush'] / base:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""ClickHouse tables of the rollups: one per rollup definition, full-state upserts.
+
+Rollups are defined in configuration, so their tables are derived from the definitions rather
+than written as numbered migrations: `rearview migrate` runs the migrations, then creates each
+configured rollup's table if it is missing and checks that an existing one still has the
+definition's columns (a changed definition under the same name is refused: give it a new name,
+and rebuild it by replay).
+
+Each row is one partial aggregate: (window, dimensions, source partition) with its full state
+and a version. The version is the state's ``applied_through`` position packed into one integer:
+it only grows, so ReplacingMergeTree keeps the newest state of a partial, and a re-upsert of the
+same state after a crash converges. Queries merge partials across partitions: ``sum(count)``,
+and HLL sketches (DataSketches bytes in ``sketch``) unioned by the query layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from app.exceptions import RearviewError
+from tables import hll
+from tables.rollups import RollupSpec
+from tables.state import PartialState, StateKey
+
+INDEX_BITS = 24
+
+
+class RollupTableError(RearviewError):
+    pass
+
+
+def table_name(spec: RollupSpec) -> str:
+    return f"rollup_{spec.name}"
+
+
+def dimension_columns(spec: RollupSpec) -> list[str]:
+    return list(spec.dimensions)
+
+
+def sum_column(key: str) -> str:
+    return f"sum_{key}"
+
+
+def columns(spec: RollupSpec) -> list[tuple[str, str]]:
+    """(name, ClickHouse type) of the rollup's table, in insert order."""
+    cols = [("window_start", "DateTime('UTC')")]
+    cols += [(d, "LowCardinality(String)") for d in dimension_columns(spec)]
+    cols += [("partition", "UInt32"), ("count", "UInt64"), ("late", "UInt64")]
+    cols += [(sum_column(k), "Float64") for k in spec.sums]
+    cols += [("sum_errors", "UInt64"), ("sketch", "String"), ("version", "UInt64")]
+    return cols
+
+
+def create_statement(spec: RollupSpec) -> str:
+    body = ",\n    ".join(f"`{name}` {kind}" for name, kind in columns(spec))
+    order = ", ".join(["window_start", *(f"`{d}`" for d in dimension_columns(spec)), "partition"])
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{table_name(spec)}`\n(\n    {body},\n"
+        f"    updated_at DateTime64(3, 'UTC') DEFAULT now64(3)\n)\n"
+        f"ENGINE = ReplacingMergeTree(version)\nPARTITION BY toYYYYMM(window_start)\n"
+        f"ORDER BY ({order})"
+    )
+
+
+def ensure_tables(client: Client, specs: Iterable[RollupSpec]) -> list[str]:
+    """Create missing rollup tables; refuse a table whose columns no longer match its spec."""
+    created = []
+    for spec in specs:
+        name = table_name(spec)
+        existing = client.query(
+            "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String}"
+            " ORDER BY position",
+            parameters={"t": name},
+        ).result_rows
+        if not existing:
+            client.command(create_statement(spec))
+            created.append(name)
+            continue
+        have = [(str(n), str(t)) for n, t in existing if n != "updated_at"]
+        if have != columns(spec):
+            raise RollupTableError(
+                f"table {name} does not match rollup {spec.name!r} as configured; a rollup's"
+                " definition cannot change under the same name: define a new rollup name"
+            )
+    return created
+
+
+def version(state: PartialState) -> int:
+    offset, index = state.applied_through
+    return (offset << INDEX_BITS) | index if offset >= 0 else 0
+
+
+def upsert_rows(
+    spec: RollupSpec, items: Sequence[tuple[StateKey, PartialState]]
+) -> tuple[list[str], list[list[Any]]]:
+    """Column names and rows for an insert of the given partials of *spec*."""
+    names = [n for n, _ in columns(spec)]
+    rows = []
+    for key, state in items:
+        sums = state.sums
+        rows.append(
+            [
+                datetime.fromtimestamp(key.window_start_ms / 1000, tz=timezone.utc),
+                *key.dims,
+                key.partition,
+                state.count,
+                state.late,
+                *(sums.get(k, 0.0) for k in spec.sums),
+                state.sum_errors,
+                hll.to_bytes(state.sketch) if state.sketch is not None else b"",
+                version(state),
+            ]
+        )
+    return names, rows

@@ -1,0 +1,138 @@
+"""Real-time rollups on real services: exact after SIGKILL and rebalance, late events, live."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+import schemas
+from agents.codec import BatchWriter
+from app.generate import EventGenerator, send_kafka
+from app.schema_registry import register
+from app.verify import RollupReport, verify
+from tests.integration.conftest import Pipeline, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _converged(pipeline: Pipeline, total: int) -> list[RollupReport] | None:
+    """The verify reports once every event is stored and every rollup agrees with them."""
+    if pipeline.stored() < total:
+        return None
+    reports = verify(pipeline.ch, pipeline.settings.aggregate.rollups)
+    return reports if not any(r.differences for r in reports) else None
+
+
+def _traffic(pipeline: Pipeline, total: int, rate: float, seed: int) -> threading.Thread:
+    s = pipeline.settings
+    batch_id = register(s.registry.url, s.kafka.topics.raw, schemas.EVENT_BATCH)
+    thread = threading.Thread(
+        target=send_kafka,
+        args=(s.kafka.bootstrap_servers, s.kafka.topics.raw, batch_id,
+              EventGenerator(users=3000, seed=seed).events(), total, rate, 200),
+    )
+    thread.start()
+    return thread
+
+
+def test_rollups_are_exact_after_a_sigkill_mid_stream(pipeline: Pipeline) -> None:
+    total = 120_000
+    traffic = _traffic(pipeline, total, 15_000, seed=11)
+    try:
+        worker = pipeline.start_worker("worker-a")
+        wait_for(lambda: pipeline.scalar("SELECT sum(count) FROM rollup_events_by_name_1m") or 0 > 0,
+                 90, "the first rollup upserts")
+        wait_for(lambda: pipeline.stored() > 10_000, 60, "events flowing")
+        worker.kill()
+        assert pipeline.stored() < total
+        pipeline.start_worker("worker-b")
+    finally:
+        traffic.join()
+    reports = wait_for(lambda: _converged(pipeline, total), 180, "rollups equal to raw events")
+    for r in reports:
+        assert r.differences == [] and r.late_windows == [], r.rollup
+        assert r.cells > 0
+    errors = [r.max_uniques_error for r in reports if r.max_uniques_error is not None]
+    assert errors and all(e < 0.05 for e in errors)
+    total_in_rollup = pipeline.scalar("SELECT sum(count) FROM rollup_events_by_name_country_device_1m FINAL")
+    assert total_in_rollup == total
+
+
+def test_rollups_are_exact_across_a_rebalance_between_two_workers(pipeline: Pipeline) -> None:
+    total = 100_000
+    traffic = _traffic(pipeline, total, 12_000, seed=12)
+    try:
+        pipeline.start_worker("worker-a")
+        wait_for(lambda: pipeline.stored() > 10_000, 90, "events flowing through worker a")
+        pipeline.start_worker("worker-b")  # joins the group: partitions move mid-stream
+    finally:
+        traffic.join()
+    reports = wait_for(lambda: _converged(pipeline, total), 180, "rollups equal to raw events")
+    assert all(r.differences == [] for r in reports)
+    assert pipeline.scalar("SELECT sum(count) FROM rollup_events_by_name_1m FINAL") == total
+
+
+def _event(ts_ms: int, name: str = "page_view", user: str = "u1") -> dict[str, Any]:
+    return {"event_id": str(uuid.uuid4()), "project_id": "default", "event_name": name,
+            "user_id": user, "timestamp": ts_ms, "properties": {"country": "DE"},
+            "context": {"ip": None, "user_agent": None, "library": None, "received_at": ts_ms + 1}}
+
+
+def test_late_events_update_inside_the_lateness_and_are_listed_beyond_it(pipeline: Pipeline) -> None:
+    s = pipeline.settings
+    writer = BatchWriter(schemas.EVENT_BATCH, register(s.registry.url, s.kafka.topics.raw, schemas.EVENT_BATCH))
+    producer = pipeline.producer()
+    now = int(time.time() * 1000)
+    # One partition, in this order: current events, then 2 minutes late (inside the 5-minute
+    # lateness of the minute rollups), then 20 minutes late (beyond it).
+    batches = [
+        [_event(now, user=f"a{i}") for i in range(50)],
+        [_event(now - 120_000, name="signup", user=f"b{i}") for i in range(7)],
+        [_event(now - 1_200_000, name="purchase", user=f"c{i}") for i in range(3)],
+    ]
+    now_raw = int(time.time() * 1000)
+    for batch in batches:
+        for e in batch:
+            e["context"]["received_at"] = now_raw
+        producer.produce(s.kafka.topics.raw, value=writer.encode(batch), partition=0)
+        producer.flush(10)
+    pipeline.start_worker()
+    reports = wait_for(lambda: _converged(pipeline, 60), 90, "rollups equal to raw events")
+    by_name = {r.rollup: r for r in reports}
+    minute = by_name["events_by_name_1m"]
+    assert [(dims[0], late) for _, dims, late in minute.late_windows] == [("purchase", 3)]
+    assert pipeline.scalar(
+        "SELECT sum(count) FROM rollup_events_by_name_1m FINAL WHERE event_name = 'signup'") == 7
+    assert pipeline.scalar(
+        "SELECT sum(count) FROM rollup_events_by_name_1m FINAL WHERE event_name = 'purchase'") == 0
+    # The hour rollup allows an hour of lateness: the purchases are in it.
+    assert by_name["uniques_by_name_1h"].late_windows == []
+    assert pipeline.scalar("SELECT count() FROM events FINAL WHERE event_name = 'purchase'") == 3
+    health = httpx.get(f"http://127.0.0.1:{pipeline.children[-1].argv[-1]}/health").json()
+    assert health["rollups"]["late_events"] >= 3
+
+
+def test_live_endpoint_answers_online_now_from_the_rollups(pipeline: Pipeline) -> None:
+    pipeline.start_worker()
+    api = pipeline.start_api()
+    now = int(time.time() * 1000)
+    events = [{"event": "page_view" if i % 3 else "button_click", "user_id": f"live-{i % 40}",
+               "timestamp": now} for i in range(300)]
+    assert httpx.post(f"{api}/v1/batch", json={"events": events}).status_code == 202
+
+    def answer() -> dict[str, Any] | None:
+        resp = httpx.get(f"{api}/v1/live", timeout=10)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        return body if body["events_this_minute"] + sum(t["count"] for t in body["top_events"]) >= 600 else None
+
+    body = wait_for(answer, 30, "the live figures")
+    assert body["active_users"]["1m"] == pytest.approx(40, abs=1)
+    assert body["active_users"]["15m"] == pytest.approx(40, abs=1)
+    assert body["top_events"][0] == {"event_name": "page_view", "count": 200}
+    assert body["top_events"][1] == {"event_name": "button_click", "count": 100}
