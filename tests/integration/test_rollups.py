@@ -136,3 +136,7 @@ def test_live_endpoint_answers_online_now_from_the_rollups(pipeline: Pipeline) -
     assert body["active_users"]["15m"] == pytest.approx(40, abs=1)
     assert body["top_events"][0] == {"event_name": "page_view", "count": 200}
     assert body["top_events"][1] == {"event_name": "button_click", "count": 100}
+    # Grafana reads the same figures from ClickHouse views.
+    assert pipeline.scalar("SELECT active_users_1m FROM live_now") == 40
+    top = pipeline.ch.query("SELECT event_name, events FROM top_events_now").result_rows
+    assert top[:2] == [("page_view", 200), ("button_click", 100)]
