@@ -176,7 +176,14 @@ def install(app: faust.App, deps: RollupDeps) -> None:
                         block = decode_block(msg.value)
                     except ValueError:
                         continue  # the sink agent dead-letters undecodable blocks
-                    result = agg.apply(block)
+                    try:
+                        result = agg.apply(block)
+                    except ValueError as exc:
+                        # A block the validate stage could not have written (null provenance);
+                        # its events are still stored raw, and `rearview verify` will show them.
+                        log.error("rollup_block_rejected", partition=msg.partition,
+                                  offset=msg.offset, error=str(exc))
+                        continue
                     counters.applied += result.applied
                     counters.skipped += result.skipped
                     counters.late += result.late
