@@ -5,6 +5,7 @@
     GET  /v1/events/count     ?event_name=&from=&to=  -> {"count": n, "source": "events"}
     GET  /v1/live             active users 1/5/15 min, events this minute, top events now
     GET  /health              liveness
+    GET  /metrics             Prometheus counters (accepted events, responses by status)
     GET  /                    the dashboard
 
 Malformed requests get a 4xx with {"error": "..."} naming the problem; a Kafka or ClickHouse
@@ -31,6 +32,7 @@ from app.collector.normalize import BadEvent, to_event, to_events
 from app.collector.producer import BatchingProducer
 from app.exceptions import RearviewError, ServiceUnavailable
 from app.live import live, live_rollup
+from app.metrics import CONTENT_TYPE, Metric, render
 from app.query import BadQuery, CountRequest, count_events, parse_time
 from app.schema_registry import register
 from app.settings import Settings
@@ -72,6 +74,28 @@ def _error(status: int, message: str) -> web.Response:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class CollectorCounters:
+    def __init__(self) -> None:
+        self.accepted_events = 0
+        self.responses: dict[tuple[str, int], int] = {}
+
+    def response(self, path: str, status: int) -> None:
+        key = (path, status)
+        self.responses[key] = self.responses.get(key, 0) + 1
+
+
+COUNTERS = web.AppKey("counters", CollectorCounters)
+
+
+@web.middleware
+async def count_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    if request.path.startswith("/v1/"):
+        request.app[COUNTERS].response(request.path if request.match_info.route.resource else "other",
+                                       response.status)
+    return response
 
 
 @web.middleware
@@ -117,6 +141,7 @@ def _event_kwargs(request: web.Request) -> dict[str, Any]:
 async def track(request: web.Request) -> web.Response:
     event = to_event(await _body(request), **_event_kwargs(request))
     await request.app[PRODUCER].send([event])
+    request.app[COUNTERS].accepted_events += 1
     return _json({"accepted": 1}, 202)
 
 
@@ -127,6 +152,7 @@ async def batch(request: web.Request) -> web.Response:
     if len(events) > limit:
         raise BadEvent(f"a batch holds at most {limit} events, this one {len(events)}")
     await request.app[PRODUCER].send(events)
+    request.app[COUNTERS].accepted_events += len(events)
     return _json({"accepted": len(events)}, 202)
 
 
@@ -157,6 +183,19 @@ async def live_now(request: web.Request) -> web.Response:
                   "top_events": result.top_events, "as_of": result.as_of, "source": f"rollup:{spec.name}"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    c = request.app[COUNTERS]
+    responses = Metric("rearview_collector_responses_total", "API responses by path and status.")
+    for (path, status), n in sorted(c.responses.items()):
+        responses.add(n, path=path, status=str(status))
+    body = render([
+        Metric("rearview_collector_events_accepted_total",
+               "Events acknowledged by Kafka and answered with 202.").add(c.accepted_events),
+        responses,
+    ])
+    return web.Response(text=body, content_type=CONTENT_TYPE)
+
+
 async def health(_request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
@@ -166,8 +205,10 @@ async def dashboard(_request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=settings.api.max_body_bytes, middlewares=[errors])
+    app = web.Application(client_max_size=settings.api.max_body_bytes,
+                          middlewares=[count_responses, errors])
     app[SETTINGS] = settings
+    app[COUNTERS] = CollectorCounters()
 
     async def startup(app: web.Application) -> None:
         topic = settings.kafka.topics.raw
@@ -195,6 +236,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/events/count", events_count)
     app.router.add_get("/v1/live", live_now)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/", dashboard)
     return app
 

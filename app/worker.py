@@ -14,6 +14,7 @@ from agents.worker import WorkerDeps, install
 from app import clickhouse
 from app.faust_app import create_app
 from app.schema_registry import SchemaCache
+from app.metrics import CONTENT_TYPE, Metric, render
 from app.settings import Settings
 from tables.aggregate import Aggregator
 
@@ -73,7 +74,37 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
                                "partials_written": r.keys_written}
         return web.json(body)
 
+    @app.page("/metrics")
+    async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.text(render(worker_metrics(deps, rollups)), content_type=CONTENT_TYPE)
+
     return app, deps
+
+
+def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None) -> list[Metric]:
+    c = deps.counters
+    dead = Metric("rearview_dead_letters_total", "Dead letters written, by stage and error class.")
+    for key, n in sorted(c.by_reason.items()):
+        stage, error_class = key.split(":", 1)
+        dead.add(n, stage=stage, error_class=error_class)
+    out = [
+        Metric("rearview_raw_messages_total", "Messages read from the raw topic.").add(c.read),
+        Metric("rearview_events_validated_total", "Events that passed validation.").add(c.clean),
+        dead,
+        Metric("rearview_rows_inserted_total", "Rows inserted into the events table.").add(c.inserted),
+    ]
+    if rollups is not None:
+        r = rollups.counters
+        out += [
+            Metric("rearview_rollup_events_applied_total",
+                   "Event x rollup applications to windowed partials.").add(r.applied),
+            Metric("rearview_rollup_redelivered_skipped_total",
+                   "Event x rollup applications skipped as redeliveries.").add(r.skipped),
+            Metric("rearview_late_events_total",
+                   "Event x rollup arrivals beyond the allowed lateness (stored raw, not rolled up).").add(r.late),
+            Metric("rearview_rollup_flushes_total", "Completed rollup flushes.").add(r.flushes),
+        ]
+    return out
 
 
 def run(settings: Settings, host: str, port: int) -> None:

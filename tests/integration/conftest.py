@@ -100,6 +100,7 @@ class Pipeline:
     settings: Settings
     tmp: Path
     children: list[ChildProcess] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)  # child name -> its HTTP base URL
     _ch: Client | None = None
 
     @property
@@ -112,6 +113,7 @@ class Pipeline:
                        python_module("app.cli", "worker", "--host", HOST, "--port", str(port)),
                        http_ready(f"http://{HOST}:{port}/health"), self.tmp, self.env)
         self.children.append(child)
+        self.urls[name] = f"http://{HOST}:{port}"
         return child
 
     def start_api(self) -> str:
@@ -121,6 +123,7 @@ class Pipeline:
                        python_module("app.cli", "api", "--host", HOST, "--port", str(port)),
                        http_ready(f"{url}/health"), self.tmp, self.env)
         self.children.append(child)
+        self.urls["api"] = url
         return url
 
     @property

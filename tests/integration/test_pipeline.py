@@ -51,6 +51,12 @@ def test_ten_thousand_tracked_events_give_exactly_ten_thousand_rows(pipeline: Pi
     clicks = pipeline.scalar("SELECT count() FROM events FINAL WHERE event_name = 'button_click'")
     assert httpx.get(f"{api}/v1/events/count", params={"event_name": "button_click"}).json()["count"] == clicks
 
+    api_metrics = httpx.get(f"{api}/metrics").text
+    assert "rearview_collector_events_accepted_total 10000" in api_metrics
+    assert 'rearview_collector_responses_total{path="/v1/batch",status="202"} 20' in api_metrics
+    worker_metrics = httpx.get(f"{pipeline.urls['worker']}/metrics").text
+    assert "rearview_rows_inserted_total 10000" in worker_metrics
+
 
 def test_single_track_is_queryable_with_its_properties(pipeline: Pipeline) -> None:
     pipeline.start_worker()
@@ -140,6 +146,9 @@ def test_malformed_events_land_in_the_dlq_with_reason_and_original_bytes(pipelin
 
     wait_for(lambda: pipeline.stored() == 7, 60, "the 7 good events")  # 2 from mixed + 5
     assert worker.alive(), "a malformed event must never stop the worker"
+    metrics = httpx.get(f"{pipeline.urls['worker']}/metrics").text
+    assert 'rearview_dead_letters_total{error_class="FramingError",stage="decode"} 2' in metrics
+    assert 'rearview_dead_letters_total{error_class="UnknownSchema",stage="decode"} 1' in metrics
 
 
 def test_stock_confluent_serializer_events_are_accepted(pipeline: Pipeline) -> None:

@@ -113,8 +113,11 @@ def test_late_events_update_inside_the_lateness_and_are_listed_beyond_it(pipelin
     # The hour rollup allows an hour of lateness: the purchases are in it.
     assert by_name["uniques_by_name_1h"].late_windows == []
     assert pipeline.scalar("SELECT count() FROM events FINAL WHERE event_name = 'purchase'") == 3
-    health = httpx.get(f"http://127.0.0.1:{pipeline.children[-1].argv[-1]}/health").json()
+    health = httpx.get(f"{pipeline.urls['worker']}/health").json()
     assert health["rollups"]["late_events"] >= 3
+    metrics = httpx.get(f"{pipeline.urls['worker']}/metrics").text
+    late = [line for line in metrics.splitlines() if line.startswith("rearview_late_events_total ")]
+    assert late and float(late[0].split()[1]) >= 3
 
 
 def test_live_endpoint_answers_online_now_from_the_rollups(pipeline: Pipeline) -> None:
