@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -35,10 +35,23 @@ class Kind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class WriterSchema:
+    """A writer schema by registry id, and how its data is read.
+
+    ``reader`` is the pipeline's reader schema for the same record name (the latest version
+    registered under the topic's TopicRecordNameStrategy subject), when there is one: decoding
+    then follows Avro schema resolution (fields the writer lacks take the reader's defaults).
+    ``resolution_error`` says, naming the field, why the reader cannot read this writer's data;
+    every message written with it is invalid.
+    """
+
     schema_id: int
     full_name: str
     kind: Kind
     parsed: Any  # fastavro parsed schema, logical types stripped
+    text: str = ""
+    reader: Any = None
+    reader_id: int | None = None
+    resolution_error: str | None = None
 
 
 def frame(schema_id: int, body: bytes) -> bytes:
@@ -63,14 +76,6 @@ def _strip_logical_types(node: Any) -> Any:
     return node
 
 
-def _full_name(schema: Any) -> str:
-    if isinstance(schema, dict) and schema.get("type") == "record":
-        name = str(schema.get("name", ""))
-        namespace = schema.get("namespace")
-        return name if "." in name or not namespace else f"{namespace}.{name}"
-    return ""
-
-
 def writer_schema(schema_id: int, schema_text: str) -> WriterSchema:
     """Parse a registry schema once; raises ValueError for text that is not an Avro schema."""
     try:
@@ -78,15 +83,37 @@ def writer_schema(schema_id: int, schema_text: str) -> WriterSchema:
         parsed = fastavro.parse_schema(_strip_logical_types(doc))
     except Exception as exc:  # fastavro raises several types for bad schemas
         raise ValueError(f"schema {schema_id} is not a valid Avro schema: {exc}") from exc
-    name = _full_name(doc)
+    name = schemas.full_name(doc)
     kind = Kind.BATCH if name == schemas.EVENT_BATCH else Kind.EVENT
-    return WriterSchema(schema_id, name, kind, parsed)
+    return WriterSchema(schema_id, name, kind, parsed, schema_text)
+
+
+def with_reader(writer: WriterSchema, reader_id: int | None, reader_text: str | None) -> WriterSchema:
+    """*writer* resolved against the reader schema *reader_text* (None: no reader known)."""
+    if reader_id is None or reader_text is None or reader_id == writer.schema_id:
+        return replace(writer, reader=None, reader_id=reader_id, resolution_error=None)
+    from avro.schema import parse as avro_parse
+
+    from app.embedded.registry.compatibility import read_problems
+
+    try:
+        problems = read_problems(avro_parse(reader_text), avro_parse(writer.text))
+        reader = fastavro.parse_schema(_strip_logical_types(json.loads(reader_text)))
+    except Exception as exc:  # noqa: BLE001 - a schema the registry accepted but we cannot use
+        return replace(writer, reader=None, reader_id=reader_id,
+                       resolution_error=f"reader schema {reader_id} is unusable: {exc}")
+    if problems:
+        detail = "; ".join(str(p) for p in problems[:5])
+        error = (f"{writer.full_name} schema {writer.schema_id} cannot be read as the pipeline's"
+                 f" schema {reader_id}: {detail}")
+        return replace(writer, reader=None, reader_id=reader_id, resolution_error=error)
+    return replace(writer, reader=reader, reader_id=reader_id, resolution_error=None)
 
 
 def decode(body: bytes, schema: WriterSchema) -> Any:
     """Decode an Avro body; raises on truncated or corrupted bytes (several exception types)."""
     buf = io.BytesIO(body)
-    value = fastavro.schemaless_reader(buf, schema.parsed, None)
+    value = fastavro.schemaless_reader(buf, schema.parsed, schema.reader)
     if buf.tell() != len(body):
         raise ValueError(f"{len(body) - buf.tell()} trailing bytes after the Avro record")
     return value

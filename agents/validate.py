@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.codec import FramingError, Kind, WriterSchema, decode, split_frame
+from agents.properties import canonical
 from agents.records import CleanEvent, Invalid, MessageResult, SourceMeta
 
 # Events a producer wrote without an event_id get one derived from their position in Kafka,
@@ -21,6 +22,8 @@ from agents.records import CleanEvent, Invalid, MessageResult, SourceMeta
 _PROVENANCE_NAMESPACE = uuid.UUID("6f1c1a8e-8f43-4c1e-9a36-3d8f2b0c9e51")
 
 DAY_MS = 86_400_000
+BASE_FIELDS = frozenset(("event_id", "project_id", "event_name", "user_id", "timestamp",
+                         "properties", "context"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,8 @@ class Validator:
         schema = schemas.get(schema_id)
         if schema is None:
             return whole("UnknownSchema", f"schema id {schema_id} is not in the registry", schema_id)
+        if schema.resolution_error is not None:
+            return whole("ResolutionError", schema.resolution_error, schema_id)
         try:
             decoded = decode(body, schema)
         except Exception as exc:  # corrupted Avro raises EOFError, UnicodeDecodeError, ...
@@ -129,6 +134,17 @@ class Validator:
             properties = {}
         elif not isinstance(properties, dict):
             raise _Reject("InvalidField", "properties is not a map")
+        typed = [k for k in record if k not in BASE_FIELDS]
+        if typed:
+            # Typed fields (e.g. Purchase.price) become properties, as canonical strings.
+            properties = dict(properties)
+            for name in typed:
+                try:
+                    text = canonical(record[name])
+                except ValueError as exc:
+                    raise _Reject("InvalidField", f"field {name} {exc}") from None
+                if text is not None:
+                    properties[name] = text
         if len(properties) > r.max_properties:
             raise _Reject("InvalidField", f"more than {r.max_properties} properties")
         for k, v in properties.items():

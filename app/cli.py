@@ -83,6 +83,58 @@ def clickhouse(ctx: click.Context, host: str | None, port: int | None, data_dir:
     serve(s.clickhouse.host, s.clickhouse.port, s.clickhouse.data_dir)
 
 
+@cli.group()
+def schemas() -> None:
+    """Register Avro schemas, or check a change against the registry (a dry run for CI).
+
+    Subjects follow TopicRecordNameStrategy: <topic>-<record full name>, e.g.
+    events.raw-io.rearview.events.Purchase. Without FILES, the schemas Rearview ships.
+    """
+
+
+def _schema_files(files: tuple[Path, ...]) -> list[Any]:
+    from app.schema_registry import SchemaFile
+
+    return [SchemaFile.load(f) for f in files] if files else SchemaFile.bundled()
+
+
+@schemas.command("register")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--topic", default=None, help="Topic the subjects belong to [events.raw].")
+@click.pass_context
+def schemas_register(ctx: click.Context, files: tuple[Path, ...], topic: str | None) -> None:
+    """Register schemas (idempotent); refuse an incompatible change with the registry's reason."""
+    from app.schema_registry import register_file
+
+    s = _settings(ctx)
+    for schema in _schema_files(files):
+        subject, schema_id, version = register_file(s.registry.url, topic or s.kafka.topics.raw, schema)
+        click.echo(f"{subject}: id {schema_id}, version {version}")
+
+
+@schemas.command("check")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--topic", default=None, help="Topic the subjects belong to [events.raw].")
+@click.pass_context
+def schemas_check(ctx: click.Context, files: tuple[Path, ...], topic: str | None) -> None:
+    """Dry run: would these schemas be accepted? Exit 1 naming each incompatibility."""
+    from app.schema_registry import check_file
+
+    s = _settings(ctx)
+    failed = False
+    for schema in _schema_files(files):
+        subject, problems = check_file(s.registry.url, topic or s.kafka.topics.raw, schema)
+        if problems:
+            failed = True
+            click.echo(f"{subject}: INCOMPATIBLE")
+            for problem in problems:
+                click.echo(f"  {problem}")
+        else:
+            click.echo(f"{subject}: compatible")
+    if failed:
+        sys.exit(1)
+
+
 @cli.command()
 @click.pass_context
 def topics(ctx: click.Context) -> None:

@@ -32,7 +32,8 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
 
     deps = WorkerDeps(
         validator=Validator(),
-        schemas=SchemaCache(settings.registry.url, w.retry_initial_s, w.retry_max_s),
+        schemas=SchemaCache(settings.registry.url, w.retry_initial_s, w.retry_max_s,
+                            topic=topics.raw),
         events_writer=EventsWriter(ch_client),
         raw_topic=topics.raw,
         clean_topic=topics.clean,

@@ -19,6 +19,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+from agents.properties import canonical
 from app.exceptions import RearviewError
 
 
@@ -31,20 +32,10 @@ def _fail(where: str, message: str) -> BadEvent:
 
 
 def _stringify(where: str, key: str, value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _fail(where, f"properties.{key} is {value}, not a finite number")
-        return repr(value)
-    if value is None:
-        return None
-    kind = "an object" if isinstance(value, dict) else "an array" if isinstance(value, list) else type(value).__name__
-    raise _fail(where, f"properties.{key} is {kind}; property values must be strings, numbers or booleans")
+    try:
+        return canonical(value)
+    except ValueError as exc:
+        raise _fail(where, f"properties.{key} {exc}") from None
 
 
 def _timestamp_ms(where: str, value: Any, default_ms: int) -> int:

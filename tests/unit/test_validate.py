@@ -140,3 +140,40 @@ def test_corrupted_batches_never_raise(data: st.DataObject) -> None:
     cut = data.draw(st.integers(5, len(raw)))
     result = validator.validate_message(bytes(raw[:cut]), None, META, SCHEMAS)
     assert result.clean or result.invalid
+
+
+def _typed(fields: list[dict], name: str = "Purchase") -> str:
+    import json
+
+    doc = schemas.load(schemas.EVENT)
+    doc.update(name=name, namespace="com.shop")
+    doc["fields"] = [*doc["fields"], *fields]
+    return json.dumps(doc)
+
+
+def test_a_writer_is_resolved_to_the_reader_and_added_fields_take_their_defaults() -> None:
+    from agents.codec import with_reader
+
+    writer_text = _typed([{"name": "price", "type": "int"}])
+    reader_text = _typed([{"name": "price", "type": "double"},
+                          {"name": "currency", "type": "string", "default": "USD"}])
+    resolved = with_reader(writer_schema(20, writer_text), 21, reader_text)
+    assert resolved.resolution_error is None
+    buf = io.BytesIO()
+    import json
+
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(json.loads(writer_text)), {**event(), "price": 100})
+    result = validator.validate_message(frame(20, buf.getvalue()), None, META, {20: resolved})
+    [clean] = result.clean
+    assert clean["properties"]["price"] == "100.0" and clean["properties"]["currency"] == "USD"
+
+
+def test_an_unreadable_writer_is_invalid_with_the_field_named() -> None:
+    from agents.codec import with_reader
+
+    resolved = with_reader(writer_schema(30, _typed([{"name": "price", "type": "int"}])), 31,
+                           _typed([{"name": "price", "type": "string"}]))
+    assert resolved.resolution_error and "price" in resolved.resolution_error
+    result = validator.validate_message(frame(30, b"\x00"), None, META, {30: resolved})
+    [bad] = result.invalid
+    assert bad.error_class == "ResolutionError" and "'price'" in bad.reason
