@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
@@ -26,6 +26,7 @@ import structlog
 
 from agents import dlq
 from agents.codec import FramingError, split_frame
+from agents.pii import Redactor
 from agents.records import CleanEvent, Invalid, SourceMeta
 from agents.sink import BlockWriter, decode_block, encode_blocks
 from agents.validate import Validator
@@ -46,6 +47,7 @@ class Counters:
     dead: int = 0
     inserted: int = 0
     by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    redactions: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class WorkerDeps:
     """Everything the agents talk to, built by the worker entry point (tests build their own)."""
 
     validator: Validator
+    redactor: Redactor
     schemas: SchemaCache
     events_writer: BlockWriter
     raw_topic: str
@@ -108,7 +111,12 @@ def validate_batch(
         msg = event.message
         meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
         result = deps.validator.validate_message(msg.value, msg.key, meta, deps.schemas.known)
-        clean_by_partition[msg.partition].extend(result.clean)
+        redacted = clean_by_partition[msg.partition]
+        for event in result.clean:
+            clean_event, counts = deps.redactor.redact_event(event)
+            redacted.append(clean_event)
+            if counts:
+                deps.counters.redactions.update(counts)
         dead.extend(result.invalid)
     records: list[dict[str, Any]] = []
     n_clean = 0
@@ -141,9 +149,12 @@ def dead_letter_records(invalid: Sequence[Invalid], deps: WorkerDeps, now_ms: in
     records = []
     for inv in invalid:
         deps.counters.by_reason[f"{inv.stage}:{inv.error_class}"] += 1
+        # A reason may quote a field value: it gets the same redaction as clean events.
+        # (The value is the original bytes, kept unchanged for redrive, in Kafka only.)
+        reason, _ = deps.redactor.redact_text(inv.reason)
         records.append(
             {"topic": deps.dlq_topic, "key": inv.key, "value": inv.raw,
-             "partition": None, "headers": dlq.headers(inv, now_ms)}
+             "partition": None, "headers": dlq.headers(replace(inv, reason=reason), now_ms)}
         )
     return records
 

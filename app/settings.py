@@ -90,6 +90,20 @@ class WorkerSettings(BaseModel):
     retry_max_s: float = 10.0
 
 
+class PiiSettings(BaseModel):
+    """Automatic redaction of personal data in clean events (see agents/pii)."""
+
+    enabled: bool = True
+    # HMAC key of the hash policy (emails by default). Every worker must use the same one.
+    # When unset, a random key is generated once and kept in the worker's data directory.
+    secret: SecretStr | None = None
+    # Per detector: card, email, phone, iban, ssn, ip, bearer, jwt -> mask | hash | drop.
+    policies: dict[str, Literal["mask", "hash", "drop"]] = {}
+    allowlist: list[str] = []  # property keys never scanned (order_id, sku, ...)
+    ip_policy: Literal["keep", "truncate", "hash", "drop"] = "truncate"
+    hash_user_id_if_pii: bool = True
+
+
 class AggregateSettings(BaseModel):
     """Real-time rollups (see tables/rollups.py for the fields of a rollup definition)."""
 
@@ -117,6 +131,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
     aggregate: AggregateSettings = AggregateSettings()
+    pii: PiiSettings = PiiSettings()
     log: LogSettings = LogSettings()
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+
 import faust
 import structlog
 from clickhouse_connect.driver.client import Client
 
 from agents.sink import EventsWriter
 from agents.validate import Validator
+from agents.pii import Redactor
+from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
 from agents.rollup import RollupDeps, RollupWriter
 from agents.rollup import install as install_rollups
 from agents.worker import WorkerDeps, install
@@ -32,6 +37,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
 
     deps = WorkerDeps(
         validator=Validator(),
+        redactor=Redactor(redaction_config(settings)),
         schemas=SchemaCache(settings.registry.url, w.retry_initial_s, w.retry_max_s,
                             topic=topics.raw),
         events_writer=EventsWriter(ch_client),
@@ -82,6 +88,31 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
     return app, deps
 
 
+def redaction_config(settings: Settings) -> RedactionConfig:
+    """The PII configuration; a missing secret is generated once and kept in the data dir."""
+    pii = settings.pii
+    if pii.secret is not None:
+        secret = pii.secret.get_secret_value().encode()
+    else:
+        path = settings.worker.data_dir / "pii.secret"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+            log.warning("pii_secret_generated", path=str(path),
+                        hint="set RV_PII__SECRET to the same value on every worker")
+        secret = path.read_bytes()
+    return RedactionConfig(
+        enabled=pii.enabled,
+        policies={**DEFAULT_POLICIES, **pii.policies},  # type: ignore[dict-item]
+        secret=secret,
+        allowlist=frozenset(pii.allowlist),
+        ip_policy=pii.ip_policy,
+        hash_user_id_if_pii=pii.hash_user_id_if_pii,
+    )
+
+
 def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None) -> list[Metric]:
     c = deps.counters
     dead = Metric("rearview_dead_letters_total", "Dead letters written, by stage and error class.")
@@ -94,6 +125,10 @@ def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None) -> list[Metric]
         dead,
         Metric("rearview_rows_inserted_total", "Rows inserted into the events table.").add(c.inserted),
     ]
+    redactions = Metric("rearview_redactions_total", "PII redactions in clean events, by detector.")
+    for detector, n in sorted(c.redactions.items()):
+        redactions.add(n, detector=detector)
+    out.append(redactions)
     if rollups is not None:
         r = rollups.counters
         out += [

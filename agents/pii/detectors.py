@@ -1,0 +1,413 @@
+"""PII detectors: for each kind, a compiled pattern that finds candidates and a check that keeps
+only the real ones. Pure and stateless; what happens to a match is policy.py's business.
+
+Every detector also names the cheap *features* (an '@', a run of digits, two colons, ...) that
+any of its matches must contain. `features(text)` computes them once per string: a value with
+none of them (``"DE"``, ``"desktop"``, ``"/pricing"``, ``"signup-cta"``) is never given to a
+single detector pattern, which is what keeps redaction cheap on typical events.
+
+What each detector matches, and what it deliberately does not:
+
+card    13-19 digits, contiguous or grouped by single spaces or single dashes (one kind of
+        separator per number) as cards are printed: 4-4-4-4[-1..3], 4-4-4-1..3, 4-6-5, 4-6-4.
+        Must pass Luhn and start with a real brand prefix at a length that brand issues (Visa 4:
+        13/16/19; Mastercard 51-55, 2221-2720: 16; Mir 2200-2204; Amex 34/37: 15; Diners
+        300-305/36/38/39; JCB 3528-3589; Discover and UnionPay 6xxx; Maestro 50/56-69). Not
+        matched: numbers glued to letters, '_', '.' or '+' ("ORD4111..."; versions; phones),
+        digit runs longer than 19 that no grouping splits (tracking numbers), leading 0/1/7-9
+        (epoch millis and micros start with 1), other groupings ("41111111 11111111").
+        A longer grouped run is trimmed from the right ("4111 1111 1111 1111 2026" masks the
+        card, keeps "2026").
+email   local@domain.tld with Unicode letters; the TLD is 2-63 letters. Not matched: hosts
+        without a dot ("root@localhost"), numeric "TLDs" ("pkg@1.2.3"), retina asset names
+        ("logo@2x.png"), local parts over 64 characters, URL-encoded '@' ("jane%40x.com").
+phone   '+' then 8-15 digits (E.164), contiguous or grouped by single spaces, dots or dashes,
+        with an optional "(0)"/"(20)" group: "+14155552671", "+44 20 7946 0958"; '00' instead
+        of '+' only when grouped ("0044 20 7946 0958"; "0083045054689" is a barcode or a
+        zero-padded id far more often than a phone number). National numbers need 9-12
+        digits and a recognisable shape: "(555) 123-4567", "555-123-4567" / "555.123.4567" /
+        "555 123 4567" (NANP, one separator kind), or one trunk 0 then space/dash groups:
+        "030 1234567", "07700 900123". The 9-digit floor keeps dates, times and short ids out.
+        Not matched: bare national digit runs ("5551234567" is also epoch seconds or an id),
+        anything glued to a word, '+', '.', '-' or '/' (order ids "ORD-2026-000123", paths),
+        followed by ":digit" (times) or ".digit"/"-digit" (versions, ids), ISO dates (8 digits).
+iban    two letters, two check digits, then the BBAN, contiguous or in groups of four separated
+        by single spaces; case-insensitive. The country must be in the IBAN registry with that
+        length and mod-97 must be 1. Additionally a run of >= 8 digits is required, which every
+        registry format has (account numbers are numeric); it keeps the pre-filter single.
+        Irregularly spaced IBANs are not matched.
+ssn     US SSN AAA-GG-SSSS with dashes only; area 000, 666 and 900-999, group 00 and serial
+        0000 are rejected. Undashed 9-digit numbers are NOT matched: far too many ids, amounts
+        and phone fragments are 9 digits, and an undashed SSN is rare in event properties.
+ip      IPv4: four decimal octets 0-255 (no leading zeros), not glued to a word or a dot and
+        not the version of a product token: "v1.2.3.4", "1.2.3.4.5", "Chrome/120.0.0.0" and
+        "/api/1.2.3.4" are not matched, but a bare four-part version "1.2.3.4" is (it IS a
+        valid address). IPv6: a run of hex digits and colons (optionally ending in an IPv4)
+        that `ipaddress` accepts and that holds a hex digit, not glued to a word or a dot, so
+        "::1", "fe80::1", "ip:fe80::1", "::ffff:192.0.2.1" are matched while times
+        "10:30:45", MACs "00:1a:2b:3c:4d:5e" and a bare "::" are not.
+bearer  "Bearer <token>" (any case): the token (>= 8 token68 characters) is redacted and the
+        scheme word kept. To leave prose alone ("Bearer authentication") the token needs a
+        digit, or 20+ characters with upper and lower case.
+jwt     three (JWS) or five (JWE) base64url segments whose first decodes to a JSON object
+        with "alg", "typ", "enc" or "kid". Not matched: other "eyJ..." strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["card", "email", "phone", "iban", "ssn", "ip", "bearer", "jwt"]
+Span = tuple[int, int]
+Check = Callable[[re.Match[str]], "Span | None"]
+
+# --- features: cheap necessary conditions, computed once per string --------------------------
+
+AT, DIGITS, COLONS, EYJ, BEARER = 1, 2, 4, 8, 16
+
+# A digit followed by six or more of [0-9 ().-]: every card, phone, IBAN digit run (>= 8
+# digits, at most two of " ().-" between them), SSN and IPv4 ("1.2.3.4", 7 chars) has one.
+_DIGIT_RUN = re.compile(r"[0-9][0-9 ().\-]{6,}")
+# Two colons with at most four hex digits between them: every IPv6 address has this.
+_TWO_COLONS = re.compile(r":[0-9A-Fa-f]{0,4}:")
+# Every match holds a digit, '@', ':', '.' or whitespace; these never do.
+_PLAIN = re.compile(r"[A-Za-z_/\-\x00]*")
+
+
+def features(text: str) -> int:
+    """Bit set of the features *text* has; 0 means no detector can match anywhere in it."""
+    if text.isalpha() or _PLAIN.fullmatch(text) is not None:  # "desktop", "signup-cta"
+        return 0
+    f = 0
+    if "@" in text:
+        f = AT
+    if _DIGIT_RUN.search(text) is not None:
+        f |= DIGITS
+    if ":" in text and _TWO_COLONS.search(text) is not None:
+        f |= COLONS
+    if "eyJ" in text:
+        f |= EYJ
+    if "bearer" in text.lower():
+        f |= BEARER
+    return f
+
+
+# --- the detector type -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    kind: Kind
+    needs: int  # features every match contains
+    pattern: re.Pattern[str]
+    check: Check  # the span to redact (possibly a trimmed part of the match) or None
+    skip_rejected: bool = False  # resume after a rejected candidate, not inside it
+
+    def find(self, text: str) -> list[Span]:
+        """Non-overlapping spans of *text* to redact, left to right.
+
+        A candidate the check rejects is retried one character later (unless skip_rejected),
+        so a real match that starts inside a rejected candidate ("12 4111 1111 1111 1111") is
+        still found.
+        """
+        spans: list[Span] = []
+        search = self.pattern.search
+        check = self.check
+        skip = self.skip_rejected
+        pos = 0
+        while (m := search(text, pos)) is not None:
+            span = check(m)
+            if span is None:
+                pos = m.end() if skip else m.start() + 1
+            else:
+                spans.append(span)
+                pos = span[1]
+        return spans
+
+
+def _whole(m: re.Match[str]) -> Span:
+    return m.span()
+
+
+# --- card --------------------------------------------------------------------------------------
+
+_CARD = re.compile(
+    r"(?<![\w+.])"
+    r"(?:[0-9]{13,19}"  # contiguous
+    r"|[0-9]{4}(?:[ \-][0-9]{4}){2,3}(?:[ \-][0-9]{1,4})?"  # 4-4-4-1..4, 4-4-4-4[-1..4]
+    r"|[0-9]{4}[ \-][0-9]{6}[ \-][0-9]{4,5})"  # 4-6-4 (Diners), 4-6-5 (Amex)
+    r"(?![0-9])",
+    re.ASCII,
+)
+_DOUBLED = str.maketrans("0123456789", "0246813579")  # 2d, minus 9 when that exceeds 9
+
+
+def luhn_ok(digits: str) -> bool:
+    total = sum(map(int, digits[::-2])) + sum(map(int, digits[-2::-2].translate(_DOUBLED)))
+    return total % 10 == 0
+
+
+def brand_ok(d: str) -> bool:
+    """Whether a card brand issues numbers of this prefix and length."""
+    n = len(d)
+    first = d[0]
+    if first == "4":
+        return n in (13, 16, 19)
+    if first == "5":
+        p2 = int(d[:2])
+        return n == 16 if 51 <= p2 <= 55 else p2 in (50, 56, 57, 58, 59)
+    if first == "6":
+        return True  # Discover, UnionPay, Maestro: 13-19 digits
+    if first == "3":
+        p2, p3, p4 = int(d[:2]), int(d[:3]), int(d[:4])
+        if p2 in (34, 37):
+            return n == 15
+        if 300 <= p3 <= 305 or p2 in (36, 38, 39):
+            return n >= 14
+        return 3528 <= p4 <= 3589 and n >= 16
+    if first == "2":
+        p4 = int(d[:4])
+        return (2221 <= p4 <= 2720 and n == 16) or (2200 <= p4 <= 2204 and n >= 16)
+    return False
+
+
+def _grouping_ok(sizes: list[int]) -> bool:
+    if len(sizes) == 1:
+        return True
+    if sizes in ([4, 6, 5], [4, 6, 4]):
+        return True
+    return len(sizes) >= 4 and all(s == 4 for s in sizes[:-1]) and 1 <= sizes[-1] <= 4
+
+
+def _card_check(m: re.Match[str]) -> Span | None:
+    s = m.group()
+    start = m.start()
+    space, dash = s.find(" "), s.find("-")
+    if space >= 0 and dash >= 0:  # one kind of separator per number: cut where it changes
+        s = s[: max(space, dash)]
+    sep = " " if space >= 0 and (dash < 0 or space < dash) else "-"
+    sizes = [len(g) for g in s.split(sep)]
+    digits = s.replace(sep, "")
+    total = len(digits)
+    for n in range(len(sizes), 0, -1):  # longest first: trim trailing groups
+        if total < 13:
+            break
+        if total <= 19 and _grouping_ok(sizes[:n]):
+            head = digits[:total]
+            if brand_ok(head) and luhn_ok(head):
+                return start, start + total + n - 1  # digits plus the n - 1 separators
+        total -= sizes[n - 1]
+    return None
+
+
+# --- email -------------------------------------------------------------------------------------
+
+_EMAIL = re.compile(
+    r"(?<![\w.%+\-])[\w.%+\-]{1,64}@"
+    r"((?:[^\W_](?:[\w\-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63})"
+    r"(?![\w\-]|\.[^\W_])"
+)
+_RETINA = re.compile(r"[1-9]x\.(?:png|jpe?g|gif|webp|svg|avif|bmp|ico)", re.IGNORECASE)
+
+
+def _email_check(m: re.Match[str]) -> Span | None:
+    return None if _RETINA.fullmatch(m.group(1)) else m.span()
+
+
+# --- phone -------------------------------------------------------------------------------------
+
+_PHONE_BODY = r"""
+    (?: (?:\+[1-9][0-9]{0,14}                             # +country code, maybe the whole number
+          | 00[1-9][0-9]{0,3}(?=[ .\-(]))                   # 00 country code, then groups
+        (?:[ .\-]?\([0-9]{1,5}\)(?:[ .\-]?[0-9]+)?)?      #   +44 (0) 20 ...
+        (?:[ .\-][0-9]+){0,6}
+      | \([0-9]{2,5}\)[ .\-]?[0-9]+(?:[ .\-][0-9]+){0,4}  # (555) 123-4567
+      | 0[1-9][0-9]*(?:[ \-][0-9]+){1,4}                    # 030 1234567, 07700 900123
+      | [2-9][0-9]{2}(?P<sep>[ .\-])[0-9]{3}(?P=sep)[0-9]{4}  # 555-123-4567
+    )
+"""
+_PHONE = re.compile(
+    r"(?<![\w+.\-/])" + _PHONE_BODY + r"(?![\w]|[.\-:][0-9])", re.ASCII | re.VERBOSE
+)
+_PHONE_FULL = re.compile(_PHONE_BODY, re.ASCII | re.VERBOSE)
+
+
+def _phone_digits(s: str) -> tuple[int, int, int]:
+    """(digit count without a '00' prefix, minimum, maximum) for a phone candidate."""
+    n = sum(c.isdigit() for c in s)
+    if s[0] == "+":
+        return n, 8, 15
+    if s[:2] == "00" and s[2:3].isdigit() and s[2] != "0":  # the international branch
+        return n - 2, 8, 15
+    return n, 9, 12
+
+
+def _phone_check(m: re.Match[str]) -> Span | None:
+    s = m.group()
+    n, lo, hi = _phone_digits(s)
+    if lo <= n <= hi:
+        return m.span()
+    if n < lo:
+        return None
+    # Too many digits: trim trailing groups ("030 1234567 2026") while the shape still holds.
+    cut = len(s)
+    while True:
+        cut = max(s.rfind(" ", 0, cut), s.rfind("-", 0, cut), s.rfind(".", 0, cut))
+        if cut <= 0:
+            return None
+        head = s[:cut]
+        n, lo, hi = _phone_digits(head)
+        if n < lo:
+            return None
+        if n <= hi and _PHONE_FULL.fullmatch(head):
+            return m.start(), m.start() + cut
+
+
+# --- iban --------------------------------------------------------------------------------------
+
+# Lengths from the SWIFT IBAN registry.
+IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HN": 28, "HR": 21, "HU": 28,
+    "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28,
+    "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22,
+    "MK": 19, "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23,
+    "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24,
+    "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}
+_IBAN = re.compile(
+    r"(?<!\w)[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?(?!\w)", re.ASCII
+)
+_IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
+_EIGHT_DIGITS = re.compile(r"[0-9]{8}")
+
+
+def iban_ok(compact: str) -> bool:
+    """*compact*: upper case, no spaces."""
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not _EIGHT_DIGITS.search(compact):
+        return False
+    return int((compact[4:] + compact[:4]).translate(_IBAN_DIGITS)) % 97 == 1
+
+
+def _iban_check(m: re.Match[str]) -> Span | None:
+    s = m.group()
+    if iban_ok(s.replace(" ", "").upper()):
+        return m.span()
+    # "BE68 5390 0754 7034 next": trim trailing space-separated groups.
+    cut = len(s)
+    while (cut := s.rfind(" ", 0, cut)) >= 15:
+        if iban_ok(s[:cut].replace(" ", "").upper()):
+            return m.start(), m.start() + cut
+    return None
+
+
+# --- ssn ---------------------------------------------------------------------------------------
+
+_SSN = re.compile(
+    r"(?<![\w\-])(?!000|666|9)[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![\w\-]|\.[0-9])", re.ASCII
+)
+
+# --- ip ----------------------------------------------------------------------------------------
+
+OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(
+    rf"(?<![\w.])(?<!\w/){OCTET}(?:\.{OCTET}){{3}}(?!\w|\.[0-9])", re.ASCII
+)
+# The whole run of hex digits, colons and dots (for "::ffff:192.0.2.1"), taken atomically: the
+# check decides, and a rejected run is skipped whole, which keeps colon-heavy text linear.
+_IPV6 = re.compile(
+    r"(?<![\w.])(?<!::)(?=[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:)(?>[0-9A-Fa-f:.]{2,45})", re.ASCII
+)
+_HEX = re.compile(r"[0-9A-Fa-f]")
+_WORD = re.compile(r"\w", re.ASCII)
+
+
+def _ipv6_ok(s: str) -> bool:
+    if _HEX.search(s) is None:  # "::" alone is a separator far more often than an address
+        return False
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv6_check(m: re.Match[str]) -> Span | None:
+    s = m.group()
+    start, end = m.span()
+    if _ipv6_ok(s):
+        return None if _WORD.match(m.string, end) else (start, end)  # not "fe80::1g"
+    # Punctuation after the address: "fe80::1: refused", "at fe80::1.", "fe80::1..."
+    t = s.rstrip(".")
+    for candidate in (t, t[:-1] if t.endswith(":") else ""):
+        if candidate and _ipv6_ok(candidate):
+            return start, start + len(candidate)
+    return None
+
+
+# --- bearer and jwt ----------------------------------------------------------------------------
+
+_BEARER = re.compile(
+    r"(?<![\w\-])bearer\s+([A-Za-z0-9\-._~+/]{8,}=*)(?![\w\-.~+/]|:hm_)", re.ASCII | re.IGNORECASE
+)
+_HAS_DIGIT = re.compile(r"[0-9]")
+
+
+def _bearer_check(m: re.Match[str]) -> Span | None:
+    token = m.group(1)
+    mixed_case = not token.islower() and not token.isupper()
+    if _HAS_DIGIT.search(token) or (len(token) >= 20 and mixed_case):
+        return m.span(1)
+    return None
+
+
+_JWT = re.compile(
+    r"(?<![\w\-])eyJ[\w\-]{4,}\.[\w\-]+\.[\w\-]*(?:\.[\w\-]+\.[\w\-]*)?(?![\w\-]|\.\w)", re.ASCII
+)
+_JWT_HEADER_KEYS = ("alg", "typ", "enc", "kid")
+
+
+def jwt_header(segment: str) -> dict[str, object] | None:
+    """The decoded JOSE header of a JWT's first segment, or None."""
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        header = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: '{"a":[[[[...'
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _jwt_check(m: re.Match[str]) -> Span | None:
+    header = jwt_header(m.group().split(".", 1)[0])
+    if header is None or not any(k in header for k in _JWT_HEADER_KEYS):
+        return None
+    return m.span()
+
+
+# --- the detectors, in the order they run ------------------------------------------------------
+
+# Credentials first (a token may contain anything), then emails (which hold digits and dots),
+# IBANs before cards (an IBAN holds a card-like digit run), IPv6 before IPv4 (::ffff:1.2.3.4),
+# phones last (the loosest shape). Each runs on the text its predecessors already redacted.
+DETECTORS: tuple[Detector, ...] = (
+    Detector("bearer", BEARER, _BEARER, _bearer_check),
+    Detector("jwt", EYJ, _JWT, _jwt_check),
+    Detector("email", AT, _EMAIL, _email_check),
+    Detector("iban", DIGITS, _IBAN, _iban_check),
+    Detector("card", DIGITS, _CARD, _card_check),
+    Detector("ssn", DIGITS, _SSN, _whole),
+    Detector("ip", COLONS, _IPV6, _ipv6_check, skip_rejected=True),
+    Detector("ip", DIGITS, _IPV4, _whole),
+    Detector("phone", DIGITS, _PHONE, _phone_check),
+)
+KINDS: tuple[Kind, ...] = ("card", "email", "phone", "iban", "ssn", "ip", "bearer", "jwt")
