@@ -48,3 +48,42 @@ def headers(invalid: Invalid, failed_at_ms: int, attempt: int = 1) -> list[tuple
 def parse_headers(raw: list[tuple[str, bytes | None]] | None) -> dict[str, str]:
     """Dead-letter headers as text, for listing and redrive."""
     return {k: (v or b"").decode("utf-8", "replace") for k, v in (raw or []) if k.startswith("rv.")}
+
+
+PREVIEW_BYTES = 2048
+
+
+def letter_row(
+    partition: int,
+    offset: int,
+    timestamp_ms: int,
+    value: bytes,
+    headers: dict[str, str],
+    preview: str,
+) -> dict[str, object]:
+    """The `dlq` table row of one dead letter (pure: headers already parsed)."""
+
+    def number(name: str, default: int = 0) -> int:
+        try:
+            return int(headers.get(name, default))
+        except ValueError:
+            return default
+
+    schema_id = headers.get(H_SCHEMA_ID)
+    return {
+        "dlq_partition": partition,
+        "dlq_offset": offset,
+        "source_topic": headers.get(H_SOURCE_TOPIC, ""),
+        "source_partition": number(H_SOURCE_PARTITION),
+        "source_offset": number(H_SOURCE_OFFSET),
+        "event_index": number(H_EVENT_INDEX, -1),
+        "stage": headers.get(H_STAGE, "unknown"),
+        "error_class": headers.get(H_ERROR_CLASS, "unknown"),
+        "reason": headers.get(H_REASON, ""),
+        "schema_id": int(schema_id) if schema_id and schema_id.isdigit() else None,
+        "first_failed_at": number(H_FIRST_FAILED_AT, timestamp_ms),
+        "failed_at": timestamp_ms,
+        "attempt": number(H_ATTEMPT, 1),
+        "size": len(value),
+        "preview": preview[:PREVIEW_BYTES],
+    }

@@ -141,3 +141,32 @@ class EventsWriter:
             await asyncio.to_thread(self._insert, block)
         except Exception as exc:
             raise ServiceUnavailable(f"ClickHouse insert of {block.num_rows} rows failed: {exc}") from exc
+
+
+class RowsWriter:
+    """Inserts rows (dicts with the same keys) into one table: for small, low-rate tables."""
+
+    def __init__(self, client_factory: Callable[[], Client], table: str) -> None:
+        self._factory = client_factory
+        self._client: Client | None = None
+        self._table = table
+
+    def _insert(self, rows: Sequence[dict[str, object]]) -> None:
+        if self._client is None:
+            self._client = self._factory()
+        columns = list(rows[0])
+        try:
+            self._client.insert(self._table, [[r[c] for c in columns] for r in rows], column_names=columns)
+        except Exception:
+            client, self._client = self._client, None
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - best effort on an already failing client
+                pass
+            raise
+
+    async def write(self, rows: Sequence[dict[str, object]]) -> None:
+        try:
+            await asyncio.to_thread(self._insert, rows)
+        except Exception as exc:
+            raise ServiceUnavailable(f"ClickHouse insert into {self._table} failed: {exc}") from exc

@@ -21,14 +21,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
+import orjson
 import pyarrow as pa
 import structlog
 
 from agents import dlq
-from agents.codec import FramingError, split_frame
+from agents.codec import FramingError, Kind, decode, split_frame
 from agents.pii import Redactor
 from agents.records import CleanEvent, Invalid, SourceMeta
-from agents.sink import BlockWriter, decode_block, encode_blocks
+from agents.sink import BlockWriter, RowsWriter, decode_block, encode_blocks
 from agents.validate import Validator
 from app.exceptions import ServiceUnavailable
 from app.retry import Backoff
@@ -65,6 +66,7 @@ class WorkerDeps:
     take_within_s: float
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    dlq_writer: RowsWriter | None = None  # the queryable `dlq` table; None: Kafka only
     counters: Counters = field(default_factory=Counters)
 
 
@@ -159,6 +161,23 @@ def dead_letter_records(invalid: Sequence[Invalid], deps: WorkerDeps, now_ms: in
     return records
 
 
+def letter_preview(value: bytes, headers: dict[str, str], deps: WorkerDeps) -> str:
+    """The dead letter's event as redacted JSON, or its first bytes as redacted text."""
+    try:
+        schema_id, body = split_frame(value)
+        schema = deps.schemas.get(schema_id)
+        if schema is None or schema.resolution_error:
+            raise ValueError("no usable schema")
+        decoded = decode(body, schema)
+        if schema.kind is Kind.BATCH:
+            index = int(headers.get(dlq.H_EVENT_INDEX, "0"))
+            decoded = decoded["events"][index]
+        text = orjson.dumps(decoded, default=str).decode()
+    except Exception:  # noqa: BLE001 - undecodable letters get a text preview
+        text = value[:512].decode("utf-8", "replace")
+    return deps.redactor.redact_text(text)[0]
+
+
 def install(app: faust.App, deps: WorkerDeps) -> None:
     """Declare the topics and agents on *app*."""
     raw = app.topic(deps.raw_topic, key_type=bytes, value_type=bytes,
@@ -195,6 +214,29 @@ def install(app: faust.App, deps: WorkerDeps) -> None:
                 counters.inserted += block.num_rows
             for event in events:
                 await stream.ack(event)
+
+    if deps.dlq_writer is not None:
+        dead_topic = app.topic(deps.dlq_topic, key_type=bytes, value_type=bytes,
+                               key_serializer="raw", value_serializer="raw")
+        dlq_writer = deps.dlq_writer
+
+        @app.agent(dead_topic, name="dead_letters")
+        async def dead_letters(stream: faust.StreamT) -> None:
+            async for events in stream.noack_take(deps.take_max, within=deps.take_within_s):
+                parsed = [dlq.parse_headers(e.message.headers) for e in events]
+                ids = {int(h[dlq.H_SCHEMA_ID]) for h in parsed if h.get(dlq.H_SCHEMA_ID, "").isdigit()}
+                await _retry_forever("registry", lambda: deps.schemas.ensure(ids), deps)
+                rows = [
+                    dlq.letter_row(e.message.partition, e.message.offset,
+                                   int(e.message.timestamp * 1000), e.message.value, h,
+                                   letter_preview(e.message.value, h, deps))
+                    for e, h in zip(events, parsed, strict=True)
+                ]
+                await _retry_forever("clickhouse", lambda: dlq_writer.write(rows), deps)
+                for event in events:
+                    await stream.ack(event)
+
+        _ = dead_letters
 
     @app.timer(10.0)
     async def report() -> None:

@@ -9,7 +9,7 @@ import faust
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from agents.sink import EventsWriter
+from agents.sink import EventsWriter, RowsWriter
 from agents.validate import Validator
 from agents.pii import Redactor
 from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
@@ -41,6 +41,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         schemas=SchemaCache(settings.registry.url, w.retry_initial_s, w.retry_max_s,
                             topic=topics.raw),
         events_writer=EventsWriter(ch_client),
+        dlq_writer=RowsWriter(ch_client, "dlq"),
         raw_topic=topics.raw,
         clean_topic=topics.clean,
         dlq_topic=topics.dlq,

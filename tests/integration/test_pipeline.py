@@ -146,6 +146,14 @@ def test_malformed_events_land_in_the_dlq_with_reason_and_original_bytes(pipelin
 
     wait_for(lambda: pipeline.stored() == 7, 60, "the 7 good events")  # 2 from mixed + 5
     assert worker.alive(), "a malformed event must never stop the worker"
+    # The queryable dlq table: one row per letter, with a redacted preview.
+    wait_for(lambda: pipeline.scalar("SELECT count() FROM dlq FINAL") == len(bad) + 1, 30, "dlq rows")
+    rows = pipeline.ch.query(
+        "SELECT stage, error_class, event_index, preview FROM dlq FINAL ORDER BY stage, error_class"
+    ).result_rows
+    assert ("validate", "InvalidField", 1) in [r[:3] for r in rows]
+    [preview] = [r[3] for r in rows if r[0] == "validate"]
+    assert '"event_name":"no!such#name"' in preview
     metrics = httpx.get(f"{pipeline.urls['worker']}/metrics").text
     assert 'rearview_dead_letters_total{error_class="FramingError",stage="decode"} 2' in metrics
     assert 'rearview_dead_letters_total{error_class="UnknownSchema",stage="decode"} 1' in metrics
