@@ -9,7 +9,10 @@ original is lost or rewritten.
 
 from __future__ import annotations
 
-from agents.records import Invalid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agents.records import Invalid, SourceMeta
 
 H_STAGE = "rv.stage"
 H_ERROR_CLASS = "rv.error_class"
@@ -25,9 +28,15 @@ H_ATTEMPT = "rv.attempt"
 MAX_REASON_BYTES = 1024
 
 
-def headers(invalid: Invalid, failed_at_ms: int, attempt: int = 1) -> list[tuple[str, bytes]]:
+H_REDRIVE_OF = "rv.redrive_of"
+
+
+def headers(invalid: Invalid, failed_at_ms: int) -> list[tuple[str, bytes]]:
     """Kafka headers of the dead letter for *invalid*."""
     src = invalid.source
+    attempt = invalid.attempt
+    if invalid.first_failed_at_ms is not None:
+        failed_at_ms = invalid.first_failed_at_ms
     out = [
         (H_STAGE, invalid.stage.encode()),
         (H_ERROR_CLASS, invalid.error_class.encode()),
@@ -45,9 +54,44 @@ def headers(invalid: Invalid, failed_at_ms: int, attempt: int = 1) -> list[tuple
     return out
 
 
-def parse_headers(raw: list[tuple[str, bytes | None]] | None) -> dict[str, str]:
+@dataclass(frozen=True, slots=True)
+class Redrive:
+    """What a redriven message's headers say about the letter it came from."""
+
+    identity: SourceMeta  # the original raw message's position
+    only_index: int | None
+    attempt: int  # the attempt this redrive is
+    first_failed_at_ms: int
+
+
+def redrive_of(headers: dict[str, str], fallback: SourceMeta) -> Redrive | None:
+    """The Redrive described by a raw message's headers, or None for an ordinary message."""
+    if H_REDRIVE_OF not in headers:
+        return None
+    try:
+        identity = SourceMeta(headers[H_SOURCE_TOPIC], int(headers[H_SOURCE_PARTITION]),
+                              int(headers[H_SOURCE_OFFSET]), fallback.timestamp_ms)
+        index = int(headers[H_EVENT_INDEX]) if H_EVENT_INDEX in headers else None
+        return Redrive(identity, index, int(headers.get(H_ATTEMPT, "2")),
+                       int(headers.get(H_FIRST_FAILED_AT, fallback.timestamp_ms)))
+    except (KeyError, ValueError):
+        return None
+
+
+def redrive_headers(letter_headers: dict[str, str], letter: str) -> list[tuple[str, bytes]]:
+    """Headers of the raw message that redrives a letter (*letter* is "partition:offset")."""
+    keep = (H_SOURCE_TOPIC, H_SOURCE_PARTITION, H_SOURCE_OFFSET, H_EVENT_INDEX, H_FIRST_FAILED_AT)
+    out = [(k, letter_headers[k].encode()) for k in keep if k in letter_headers]
+    attempt = int(letter_headers.get(H_ATTEMPT, "1")) + 1
+    return [*out, (H_ATTEMPT, str(attempt).encode()), (H_REDRIVE_OF, letter.encode())]
+
+
+def parse_headers(
+    raw: list[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None,
+) -> dict[str, str]:
     """Dead-letter headers as text, for listing and redrive."""
-    return {k: (v or b"").decode("utf-8", "replace") for k, v in (raw or []) if k.startswith("rv.")}
+    items = raw.items() if isinstance(raw, Mapping) else (raw or [])
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in items if k.startswith("rv.")}
 
 
 PREVIEW_BYTES = 2048

@@ -54,6 +54,9 @@ class Invalid:
     key: bytes | None = None
     index: int | None = None
     schema_id: int | None = None
+    # A redriven letter that fails again keeps its first failure time and counts attempts.
+    attempt: int = 1
+    first_failed_at_ms: int | None = None
 
 
 @dataclass(slots=True)

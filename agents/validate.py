@@ -61,8 +61,16 @@ class Validator:
         key: bytes | None,
         meta: SourceMeta,
         schemas: Mapping[int, WriterSchema | None],
+        identity: SourceMeta | None = None,
+        only_index: int | None = None,
     ) -> MessageResult:
-        """Validate one raw message. *schemas* maps ids to parsed writer schemas (None: unknown)."""
+        """Validate one raw message. *schemas* maps ids to parsed writer schemas (None: unknown).
+
+        A redriven dead letter passes *identity*, the position of the original message, from
+        which events without an event_id derive theirs (so a redrive stores the same ids), and
+        *only_index* when the letter stands for one event of a batch (the others were clean).
+        Provenance columns keep *meta*, the message's own position.
+        """
         result = MessageResult()
 
         def whole(error_class: str, reason: str, schema_id: int | None = None) -> MessageResult:
@@ -92,8 +100,10 @@ class Validator:
         else:
             events = [decoded]
         for index, record in enumerate(events):
+            if only_index is not None and index != only_index:
+                continue
             try:
-                result.clean.append(self._event(record, schema_id, meta, index))
+                result.clean.append(self._event(record, schema_id, meta, index, identity or meta))
             except _Reject as rej:
                 result.invalid.append(
                     Invalid(
@@ -102,7 +112,9 @@ class Validator:
                 )
         return result
 
-    def _event(self, record: Any, schema_id: int, meta: SourceMeta, index: int) -> CleanEvent:
+    def _event(
+        self, record: Any, schema_id: int, meta: SourceMeta, index: int, identity: SourceMeta
+    ) -> CleanEvent:
         r = self.rules
         if not isinstance(record, dict):
             raise _Reject("WrongSchema", "record is not an Avro record")
@@ -158,7 +170,8 @@ class Validator:
         event_id = record.get("event_id")
         if event_id is None:
             event_id = str(
-                uuid.uuid5(_PROVENANCE_NAMESPACE, f"{meta.topic}/{meta.partition}/{meta.offset}/{index}")
+                uuid.uuid5(_PROVENANCE_NAMESPACE,
+                           f"{identity.topic}/{identity.partition}/{identity.offset}/{index}")
             )
         else:
             try:

@@ -112,7 +112,18 @@ def validate_batch(
     for event in events:
         msg = event.message
         meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
-        result = deps.validator.validate_message(msg.value, msg.key, meta, deps.schemas.known)
+        redrive = dlq.redrive_of(dlq.parse_headers(msg.headers), meta) if msg.headers else None
+        result = deps.validator.validate_message(
+            msg.value, msg.key, meta, deps.schemas.known,
+            identity=redrive.identity if redrive else None,
+            only_index=redrive.only_index if redrive else None,
+        )
+        if redrive is not None:
+            result.invalid[:] = [
+                replace(inv, source=redrive.identity, attempt=redrive.attempt,
+                        first_failed_at_ms=redrive.first_failed_at_ms)
+                for inv in result.invalid
+            ]
         redacted = clean_by_partition[msg.partition]
         for event in result.clean:
             clean_event, counts = deps.redactor.redact_event(event)
@@ -166,9 +177,10 @@ def letter_preview(value: bytes, headers: dict[str, str], deps: WorkerDeps) -> s
     try:
         schema_id, body = split_frame(value)
         schema = deps.schemas.get(schema_id)
-        if schema is None or schema.resolution_error:
-            raise ValueError("no usable schema")
-        decoded = decode(body, schema)
+        if schema is None:
+            raise ValueError("unknown schema")
+        # A letter the reader could not read still shows as its writer wrote it.
+        decoded = decode(body, replace(schema, reader=None))
         if schema.kind is Kind.BATCH:
             index = int(headers.get(dlq.H_EVENT_INDEX, "0"))
             decoded = decoded["events"][index]

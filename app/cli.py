@@ -135,6 +135,123 @@ def schemas_check(ctx: click.Context, files: tuple[Path, ...], topic: str | None
         sys.exit(1)
 
 
+@cli.group()
+def dlq() -> None:
+    """Dead letters: counts, listing, one letter in full, and redrive through validation."""
+
+
+def _dlq_filters(reason: str | None, stage: str | None, error_class: str | None,
+                 since: str | None) -> Any:
+    from app.dlq import Filters
+    from app.query import parse_time
+
+    return Filters(reason, stage, error_class, parse_time("--since", since))
+
+
+_filter_options = [
+    click.option("--reason", default=None, help="Only letters whose reason contains this text."),
+    click.option("--stage", default=None, help="decode, validate or sink."),
+    click.option("--error-class", default=None, help="e.g. FramingError, ResolutionError."),
+    click.option("--since", default=None, help="ISO-8601 time or epoch ms."),
+]
+
+
+def _with_filters(f: Any) -> Any:
+    for option in reversed(_filter_options):
+        f = option(f)
+    return f
+
+
+@dlq.command("stats")
+@_with_filters
+@click.pass_context
+def dlq_stats(ctx: click.Context, reason: str | None, stage: str | None, error_class: str | None,
+              since: str | None) -> None:
+    """Dead letters by hour, stage and error class."""
+    from app.clickhouse import connect
+    from app.dlq import stats
+
+    client = connect(_settings(ctx).clickhouse)
+    try:
+        rows = stats(client, _dlq_filters(reason, stage, error_class, since))
+    finally:
+        client.close()
+    click.echo(f"{'hour':<17} {'stage':<9} {'error class':<20} {'letters':>8}  example reason")
+    for hour, st, cls, n, example in rows:
+        click.echo(f"{hour:%Y-%m-%d %H:%M} {st:<9} {cls:<20} {n:>8}  {example[:60]}")
+    click.echo(f"{sum(r[3] for r in rows)} letters")
+
+
+@dlq.command("list")
+@_with_filters
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.pass_context
+def dlq_list(ctx: click.Context, reason: str | None, stage: str | None, error_class: str | None,
+             since: str | None, limit: int) -> None:
+    """Letters not redriven yet, oldest first (LETTER is PARTITION:OFFSET in the DLQ topic)."""
+    from app.clickhouse import connect
+    from app.dlq import pending
+
+    client = connect(_settings(ctx).clickhouse)
+    try:
+        rows = pending(client, _dlq_filters(reason, stage, error_class, since), limit)
+    finally:
+        client.close()
+    for r in rows:
+        index = "" if r["event_index"] < 0 else f"[{r['event_index']}]"
+        click.echo(f"{r['dlq_partition']}:{r['dlq_offset']:<8} {r['failed_at']:%Y-%m-%d %H:%M:%S}"
+                   f" {r['stage']:<9} {r['error_class']:<18} raw {r['source_partition']}:{r['source_offset']}{index}"
+                   f" attempt {r['attempt']}  {r['reason'][:80]}")
+
+
+@dlq.command("show")
+@click.argument("letter")
+@click.pass_context
+def dlq_show(ctx: click.Context, letter: str) -> None:
+    """One letter in full: headers, redacted preview, redrive status."""
+    from app.clickhouse import connect
+    from app.dlq import parse_position, show
+
+    partition, offset = parse_position(letter)
+    client = connect(_settings(ctx).clickhouse)
+    try:
+        row = show(client, partition, offset)
+    finally:
+        client.close()
+    if row is None:
+        raise click.ClickException(f"no letter {letter} in the dlq table")
+    for key, value in row.items():
+        click.echo(f"{key:>16}: {value}")
+
+
+@dlq.command("redrive")
+@_with_filters
+@click.option("--dry-run", is_flag=True, help="Only say which letters would be sent.")
+@click.pass_context
+def dlq_redrive(ctx: click.Context, reason: str | None, stage: str | None, error_class: str | None,
+                since: str | None, dry_run: bool) -> None:
+    """Send matching letters back through validation (after a schema or rule fix), once each."""
+    from rich.progress import Progress
+
+    from app.clickhouse import connect
+    from app.dlq import pending, redrive
+
+    s = _settings(ctx)
+    client = connect(s.clickhouse)
+    try:
+        letters = pending(client, _dlq_filters(reason, stage, error_class, since))
+        if dry_run or not letters:
+            click.echo(f"{len(letters)} letters would be redriven" if dry_run else "no letters to redrive")
+            return
+        with Progress(disable=not sys.stderr.isatty(), transient=True) as progress:
+            task = progress.add_task("redriving", total=len(letters))
+            sent = redrive(client, s.kafka.bootstrap_servers, s.kafka.topics.dlq, s.kafka.topics.raw,
+                           letters, lambda n: progress.advance(task, n))
+    finally:
+        client.close()
+    click.echo(f"redrove {sent} letters to {s.kafka.topics.raw}")
+
+
 @cli.command()
 @click.pass_context
 def topics(ctx: click.Context) -> None:

@@ -51,6 +51,8 @@ class RegistrySettings(BaseModel):
     port: int = 8081
     data_dir: Path = Path(".rearview/registry")
     basic_auth_user_info: SecretStr | None = None
+    # How often the worker re-reads the reader schemas (latest versions) of the raw topic.
+    reader_ttl_s: float = Field(default=30.0, gt=0)
 
 
 class ClickHouseSettings(BaseModel):

@@ -80,6 +80,8 @@ def test_price_drift_is_refused_by_the_registry_and_dead_lettered_when_bypassed(
         producer.produce(topic, value=value)
     producer.flush(10)
 
+    pipeline.settings = s = s.model_copy(
+        update={"registry": s.registry.model_copy(update={"reader_ttl_s": 1.0})})
     pipeline.start_worker()
     letters = pipeline.consume_all(s.kafka.topics.dlq, expected=4)
     assert sorted(m.value() for m in letters) == sorted(rogue_values)
@@ -89,6 +91,37 @@ def test_price_drift_is_refused_by_the_registry_and_dead_lettered_when_bypassed(
         assert "price" in h["rv.reason"] and "com.shop.Purchase" in h["rv.reason"]
     wait_for(lambda: pipeline.stored() == 5, 60, "the 5 compatible purchases")
     assert pipeline.scalar("SELECT countIf(properties['price'] = '100') FROM events") == 5
+
+    # 3. The fix: a compatible evolution that reads both (price as string or int). Then each
+    #    dead-lettered event comes in exactly once, even when redrive runs twice.
+    v3 = tmp_path / "purchase_v3.avsc"
+    v3.write_text(json.dumps(_shop_purchase(["string", "int"])))
+    assert _rearview(pipeline, "schemas", "register", str(v3)).returncode == 0
+    wait_for(lambda: pipeline.scalar("SELECT count() FROM dlq FINAL") == 4, 30, "the letters in the dlq table")
+    stats = _rearview(pipeline, "dlq", "stats")
+    assert "ResolutionError" in stats.stdout and "4 letters" in stats.stdout
+    listed = _rearview(pipeline, "dlq", "list", "--error-class", "ResolutionError")
+    assert len(listed.stdout.strip().splitlines()) == 4
+    first = listed.stdout.split()[0]
+    shown = _rearview(pipeline, "dlq", "show", first)
+    assert '"price":100' in shown.stdout  # the redacted preview, as the producer wrote it
+    assert "redriven: False" in shown.stdout
+    dry = _rearview(pipeline, "dlq", "redrive", "--reason", "price", "--dry-run")
+    assert "4 letters would be redriven" in dry.stdout
+    time.sleep(1.5)  # the worker re-reads reader schemas every second in this test
+    redriven = _rearview(pipeline, "dlq", "redrive", "--reason", "price")
+    assert redriven.returncode == 0 and "redrove 4 letters" in redriven.stdout, redriven.stderr
+    again = _rearview(pipeline, "dlq", "redrive", "--reason", "price")
+    assert "no letters to redrive" in again.stdout
+    wait_for(lambda: pipeline.stored() == 9, 60, "the 4 redriven purchases")
+    time.sleep(2)
+    assert pipeline.stored() == 9
+    assert pipeline.scalar("SELECT countIf(properties['price'] = '100') FROM events FINAL") == 9
+    from app.verify import verify
+
+    reports = wait_for(lambda: (r := verify(pipeline.ch, s.aggregate.rollups))
+                       and not any(x.differences for x in r) and r, 30, "rollups equal to raw events")
+    assert reports
 
 
 def test_typed_events_are_resolved_and_their_fields_become_properties(pipeline: Pipeline) -> None:
