@@ -92,6 +92,18 @@ class WorkerSettings(BaseModel):
     retry_max_s: float = 10.0
 
 
+class ValidationSettings(BaseModel):
+    """The validate stage's rules (agents/validate.py); a violation dead-letters the event."""
+
+    event_name_pattern: str = r"^[A-Za-z0-9_$][A-Za-z0-9_ .:/$-]{0,127}$"
+    max_user_id_length: int = Field(default=256, ge=1)
+    max_past_s: int = Field(default=365 * 86400, ge=0)  # event time before receive time
+    max_future_s: int = Field(default=86400, ge=0)  # event time after receive time
+    max_properties: int = Field(default=256, ge=0)
+    max_key_length: int = Field(default=128, ge=1)
+    max_value_length: int = Field(default=8192, ge=1)
+
+
 class PiiSettings(BaseModel):
     """Automatic redaction of personal data in clean events (see agents/pii)."""
 
@@ -133,6 +145,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
     aggregate: AggregateSettings = AggregateSettings()
+    validation: ValidationSettings = ValidationSettings()
     pii: PiiSettings = PiiSettings()
     log: LogSettings = LogSettings()
 
