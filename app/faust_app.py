@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import faust
+import structlog
 
 from app.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 def broker_url(bootstrap_servers: str) -> str:
@@ -43,4 +47,26 @@ def create_app(settings: Settings, web_host: str = "127.0.0.1", web_port: int | 
     # Connection errors are retried and logged (throttled) by the agents themselves.
     for name in ("urllib3", "clickhouse_connect"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    install_fetch_wait(app, k.fetch_max_wait_ms)
     return app
+
+
+def install_fetch_wait(app: faust.App, fetch_max_wait_ms: int) -> None:
+    """Apply ``kafka.fetch_max_wait_ms`` to the worker's consumer.
+
+    Faust builds its aiokafka consumer with a fixed ``fetch_max_wait_ms=1500`` and offers no
+    setting for it. Once the consumer exists, this sets the value aiokafka's fetcher reads for
+    every fetch request. Guarded: if a Faust or aiokafka upgrade renames these internals, the
+    worker logs it and keeps Faust's default.
+    """
+
+    @app.task
+    async def set_fetch_wait() -> None:
+        for _ in range(600):
+            consumer = getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+            fetcher = getattr(consumer, "_fetcher", None)
+            if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+                fetcher._fetch_max_wait_ms = fetch_max_wait_ms
+                return
+            await asyncio.sleep(0.1)
+        log.warning("fetch_max_wait_not_applied", wanted_ms=fetch_max_wait_ms)

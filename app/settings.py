@@ -33,6 +33,9 @@ class KafkaSettings(BaseModel):
     # Embedded broker: a group join takes about half the session timeout, so keep it short.
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
+    # Longest wait of a worker's fetch for new data. Faust hard-codes 1500 ms; the embedded
+    # broker does not answer a waiting fetch when data arrives, so each hop costs up to this.
+    fetch_max_wait_ms: int = Field(default=200, ge=1)
     # Extra librdkafka properties for the producers (collector, generator), e.g. security.
     producer_config: dict[str, str] = {}
 
@@ -84,7 +87,7 @@ class WorkerSettings(BaseModel):
     data_dir: Path = Path(".rearview/worker")
     web_port: int = 6066
     take_max: int = 200
-    take_within_s: float = 0.5
+    take_within_s: float = 0.2
     sink_block_rows: int = 50_000
     sink_flush_s: float = 1.0
     # Backoff for infrastructure failures (registry or ClickHouse unreachable).
@@ -123,7 +126,7 @@ class AggregateSettings(BaseModel):
 
     enabled: bool = True
     # Changed partials are written to the table and ClickHouse this often, not per event.
-    flush_interval_s: float = Field(default=1.0, gt=0)
+    flush_interval_s: float = Field(default=0.5, gt=0)
     rollups: list[RollupSpec] = list(DEFAULT_ROLLUPS)
 
 
