@@ -92,14 +92,23 @@ def test_price_drift_is_refused_by_the_registry_and_dead_lettered_when_bypassed(
     wait_for(lambda: pipeline.stored() == 5, 60, "the 5 compatible purchases")
     assert pipeline.scalar("SELECT countIf(properties['price'] = '100') FROM events") == 5
 
+    # A redrive before any fix: the letters fail again and come back with attempt 2.
+    wait_for(lambda: pipeline.scalar("SELECT count() FROM dlq FINAL") == 4, 30, "the letters in the dlq table")
+    early = _rearview(pipeline, "dlq", "redrive", "--reason", "price")
+    assert "redrove 4 letters" in early.stdout, early.stderr
+    wait_for(lambda: pipeline.scalar("SELECT count() FROM dlq FINAL") == 8, 30, "the failed redrives")
+    assert pipeline.scalar(
+        "SELECT groupUniqArray(attempt) FROM dlq FINAL WHERE (dlq_partition, dlq_offset)"
+        " NOT IN (SELECT dlq_partition, dlq_offset FROM dlq_redrives)") == [2]
+    assert pipeline.scalar("SELECT uniqExact(first_failed_at) <= 4 FROM dlq FINAL") == 1  # kept
+
     # 3. The fix: a compatible evolution that reads both (price as string or int). Then each
     #    dead-lettered event comes in exactly once, even when redrive runs twice.
     v3 = tmp_path / "purchase_v3.avsc"
     v3.write_text(json.dumps(_shop_purchase(["string", "int"])))
     assert _rearview(pipeline, "schemas", "register", str(v3)).returncode == 0
-    wait_for(lambda: pipeline.scalar("SELECT count() FROM dlq FINAL") == 4, 30, "the letters in the dlq table")
     stats = _rearview(pipeline, "dlq", "stats")
-    assert "ResolutionError" in stats.stdout and "4 letters" in stats.stdout
+    assert "ResolutionError" in stats.stdout and "8 letters" in stats.stdout  # all, redriven or not
     listed = _rearview(pipeline, "dlq", "list", "--error-class", "ResolutionError")
     assert len(listed.stdout.strip().splitlines()) == 4
     first = listed.stdout.split()[0]
