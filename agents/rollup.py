@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +28,9 @@ import faust
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from agents.sink import decode_block
+from agents.sink import ClickHouseCalls, decode_block
 from app.exceptions import ServiceUnavailable
-from app.retry import Backoff
+from app.retry import retry_forever
 from tables import rollup_tables
 from tables.aggregate import Aggregator
 from tables.rollups import RollupSpec
@@ -50,37 +50,27 @@ class RollupCounters:
 
 
 class RollupWriter:
-    """Upserts partials into the rollup tables through clickhouse-connect (in a thread)."""
+    """Upserts partials into their rollup tables, one insert per rollup."""
 
     def __init__(self, client_factory: Callable[[], Client], specs: tuple[RollupSpec, ...]) -> None:
-        self._factory = client_factory
-        self._client: Client | None = None
+        self._calls = ClickHouseCalls(client_factory)
         self._specs = {s.name: s for s in specs}
 
-    def _insert(self, items: list[tuple[StateKey, PartialState]]) -> None:
-        if self._client is None:
-            self._client = self._factory()
+    async def write(self, items: list[tuple[StateKey, PartialState]]) -> None:
         by_rollup: dict[str, list[tuple[StateKey, PartialState]]] = defaultdict(list)
         for key, state in items:
             by_rollup[key.rollup].append((key, state))
-        try:
-            for name, part in by_rollup.items():
-                spec = self._specs[name]
-                columns, rows = rollup_tables.upsert_rows(spec, part)
-                self._client.insert(rollup_tables.table_name(spec), rows, column_names=columns)
-        except Exception:
-            client, self._client = self._client, None
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - best effort on a failing client
-                pass
-            raise
+        inserts = []
+        for name, part in by_rollup.items():
+            spec = self._specs[name]
+            columns, rows = rollup_tables.upsert_rows(spec, part)
+            inserts.append((rollup_tables.table_name(spec), rows, columns))
 
-    async def write(self, items: list[tuple[StateKey, PartialState]]) -> None:
-        try:
-            await asyncio.to_thread(self._insert, items)
-        except Exception as exc:
-            raise ServiceUnavailable(f"ClickHouse rollup upsert failed: {exc}") from exc
+        def insert_all(client: Client) -> None:
+            for table, rows, columns in inserts:
+                client.insert(table, rows, column_names=columns)
+
+        await self._calls.run("rollup upsert", insert_all)
 
 
 @dataclass
@@ -95,18 +85,6 @@ class RollupDeps:
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     counters: RollupCounters = field(default_factory=RollupCounters)
-
-
-async def _retry(what: str, action: Callable[[], Awaitable[Any]], deps: RollupDeps) -> Any:
-    backoff = Backoff(deps.retry_initial_s, deps.retry_max_s)
-    while True:
-        try:
-            return await action()
-        except ServiceUnavailable as exc:
-            delay = backoff.next()
-            if backoff.should_log():
-                log.warning(f"{what}_retrying", error=str(exc), retry_in_s=round(delay, 2))
-            await asyncio.sleep(delay)
 
 
 def install(app: faust.App, deps: RollupDeps) -> None:
@@ -153,8 +131,9 @@ def install(app: faust.App, deps: RollupDeps) -> None:
                     except Exception as exc:
                         raise ServiceUnavailable(f"changelog write failed: {exc!r}") from exc
 
-                await _retry("rollup_changelog", changelog_durable, deps)
-                await _retry("rollup_clickhouse", lambda: deps.writer.write(items), deps)
+                await retry_forever("rollup_changelog", changelog_durable, deps.retry_initial_s, deps.retry_max_s)
+                await retry_forever("rollup_clickhouse", lambda: deps.writer.write(items),
+                                    deps.retry_initial_s, deps.retry_max_s)
                 agg.mark_flushed()
                 counters.keys_written += len(items)
             counters.flushes += 1

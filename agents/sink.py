@@ -108,27 +108,26 @@ class BlockWriter(Protocol):
         """Return once the block is durable; raise ServiceUnavailable when it may not be."""
 
 
-class EventsWriter:
-    """Inserts Arrow blocks into the events table through clickhouse-connect.
+class ClickHouseCalls:
+    """One clickhouse-connect client used from a worker thread, with every call wrapped.
 
-    The client is synchronous, so inserts run in a thread: the event loop (heartbeats, other
-    agents) never waits on ClickHouse. Each insert has a timeout; a failed or timed-out insert
-    raises ServiceUnavailable and the caller retries the same block (rows are idempotent by
-    event_id, so a retry after an ambiguous failure cannot double count).
+    The client is synchronous, so calls run in a thread: the event loop (heartbeats, other
+    agents) never waits on ClickHouse. A failed call drops the client (a fresh one after an
+    outage does not inherit a broken session) and raises ServiceUnavailable, and the caller
+    retries; every Rearview insert is idempotent, so a retry after an ambiguous failure cannot
+    double count.
     """
 
-    def __init__(self, client_factory: Callable[[], Client], table: str = EVENTS_TABLE) -> None:
-        self._client_factory = client_factory
+    def __init__(self, client_factory: Callable[[], Client]) -> None:
+        self._factory = client_factory
         self._client: Client | None = None
-        self._table = table
 
-    def _insert(self, block: pa.Table) -> None:
+    def _call(self, fn: Callable[[Client], None]) -> None:
         if self._client is None:
-            self._client = self._client_factory()
+            self._client = self._factory()
         try:
-            self._client.insert_arrow(self._table, block)
+            fn(self._client)
         except Exception:
-            # Drop the client: a fresh one after an outage does not inherit a broken session.
             client, self._client = self._client, None
             try:
                 client.close()
@@ -136,37 +135,34 @@ class EventsWriter:
                 pass
             raise
 
-    async def write(self, block: pa.Table) -> None:
+    async def run(self, what: str, fn: Callable[[Client], None]) -> None:
         try:
-            await asyncio.to_thread(self._insert, block)
+            await asyncio.to_thread(self._call, fn)
         except Exception as exc:
-            raise ServiceUnavailable(f"ClickHouse insert of {block.num_rows} rows failed: {exc}") from exc
+            raise ServiceUnavailable(f"ClickHouse {what} failed: {exc}") from exc
+
+
+class EventsWriter:
+    """Inserts Arrow blocks into the events table (idempotent by event_id)."""
+
+    def __init__(self, client_factory: Callable[[], Client], table: str = EVENTS_TABLE) -> None:
+        self._calls = ClickHouseCalls(client_factory)
+        self._table = table
+
+    async def write(self, block: pa.Table) -> None:
+        await self._calls.run(f"insert of {block.num_rows} rows",
+                              lambda client: client.insert_arrow(self._table, block))
 
 
 class RowsWriter:
     """Inserts rows (dicts with the same keys) into one table: for small, low-rate tables."""
 
     def __init__(self, client_factory: Callable[[], Client], table: str) -> None:
-        self._factory = client_factory
-        self._client: Client | None = None
+        self._calls = ClickHouseCalls(client_factory)
         self._table = table
 
-    def _insert(self, rows: Sequence[dict[str, object]]) -> None:
-        if self._client is None:
-            self._client = self._factory()
-        columns = list(rows[0])
-        try:
-            self._client.insert(self._table, [[r[c] for c in columns] for r in rows], column_names=columns)
-        except Exception:
-            client, self._client = self._client, None
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - best effort on an already failing client
-                pass
-            raise
-
     async def write(self, rows: Sequence[dict[str, object]]) -> None:
-        try:
-            await asyncio.to_thread(self._insert, rows)
-        except Exception as exc:
-            raise ServiceUnavailable(f"ClickHouse insert into {self._table} failed: {exc}") from exc
+        columns = list(rows[0])
+        data = [[r[c] for c in columns] for r in rows]
+        await self._calls.run(f"insert into {self._table}",
+                              lambda client: client.insert(self._table, data, column_names=columns))

@@ -32,7 +32,7 @@ from agents.records import CleanEvent, Invalid, SourceMeta
 from agents.sink import BlockWriter, RowsWriter, decode_block, encode_blocks
 from agents.validate import Validator
 from app.exceptions import ServiceUnavailable
-from app.retry import Backoff
+from app.retry import retry_forever
 from app.schema_registry import SchemaCache
 
 log = structlog.get_logger(__name__)
@@ -81,15 +81,7 @@ def _schema_ids(values: Sequence[bytes]) -> set[int]:
 
 
 async def _retry_forever(what: str, action: Callable[[], Awaitable[Any]], deps: WorkerDeps) -> Any:
-    backoff = Backoff(deps.retry_initial_s, deps.retry_max_s)
-    while True:
-        try:
-            return await action()
-        except ServiceUnavailable as exc:
-            delay = backoff.next()
-            if backoff.should_log():
-                log.warning(f"{what}_retrying", error=str(exc), retry_in_s=round(delay, 2))
-            await asyncio.sleep(delay)
+    return await retry_forever(what, action, deps.retry_initial_s, deps.retry_max_s)
 
 
 async def _produce_all(app: faust.App, records: list[dict[str, Any]]) -> None:

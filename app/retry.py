@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+
+from app.exceptions import ServiceUnavailable
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class Backoff:
@@ -33,3 +43,22 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+async def retry_forever(
+    what: str, action: Callable[[], Awaitable[T]], initial_s: float = 0.2, max_s: float = 10.0
+) -> T:
+    """Await *action* until it succeeds, backing off while it raises ServiceUnavailable.
+
+    For infrastructure failures only (broker, registry, ClickHouse): while they last, the
+    caller simply does not proceed, so nothing is acked and nothing is dead-lettered.
+    """
+    backoff = Backoff(initial_s, max_s)
+    while True:
+        try:
+            return await action()
+        except ServiceUnavailable as exc:
+            delay = backoff.next()
+            if backoff.should_log():
+                log.warning(f"{what}_retrying", error=str(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
-import urllib.request
 import uuid
 from typing import Any
 
-import fastavro
 import httpx
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
