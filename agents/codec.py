@@ -60,6 +60,8 @@ def frame(schema_id: int, body: bytes) -> bytes:
 
 def split_frame(raw: bytes) -> tuple[int, bytes]:
     """(schema id, body) of a framed message, or FramingError naming what is wrong."""
+    if raw is None:
+        raise FramingError("message has no value (a tombstone)")
     if len(raw) < HEADER.size:
         raise FramingError(f"message is {len(raw)} bytes, shorter than the 5-byte Avro header")
     magic, schema_id = HEADER.unpack_from(raw)

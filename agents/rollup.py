@@ -38,6 +38,8 @@ from tables.state import PartialState, StateKey
 
 log = structlog.get_logger(__name__)
 
+CHANGELOG_TIMEOUT_S = 30.0
+
 
 @dataclass
 class RollupCounters:
@@ -72,6 +74,17 @@ class RollupWriter:
 
         await self._calls.run("rollup upsert", insert_all)
 
+    async def stored(self, partition: int) -> list[tuple[StateKey, bytes]]:
+        """The partials stored in ClickHouse for one source partition, all rollups."""
+        out: list[tuple[StateKey, bytes]] = []
+
+        def read(client: Client) -> None:
+            for spec in self._specs.values():
+                out.extend(rollup_tables.stored_states(client, spec, partition))
+
+        await self._calls.run("rollup restore", read)
+        return out
+
 
 @dataclass
 class RollupDeps:
@@ -99,45 +112,76 @@ def install(app: faust.App, deps: RollupDeps) -> None:
     restored: set[int] = set()
     stream_ref: list[faust.StreamT] = []
 
-    def restore_partition(partition: int) -> None:
+    async def restore_partition(partition: int) -> None:
+        """Load every stored partial of *partition* before its first block.
+
+        Two durable copies exist: the table (restored by Faust from its changelog) and the
+        rollup tables in ClickHouse; every flush writes both before acking. For each key the
+        newer of the two (the higher applied_through) is taken, so a changelog recovery that
+        stopped short (Faust trusts the broker's end offsets, which the embedded broker reports
+        stale) cannot make the partition restart a partial from zero.
+        """
+        found: dict[StateKey, bytes] = {}
         prefix = f"{partition}|"
-        n = 0
         for key, value in list(table.data.items()):
             text = key.decode() if isinstance(key, bytes) else key
-            if text.startswith(prefix) and agg.restore(StateKey.parse(text), value):
-                n += 1
+            if text.startswith(prefix):
+                found[StateKey.parse(text)] = value
+        from_table = len(found)
+        stored = await retry_forever(
+            "rollup_restore", lambda: deps.writer.stored(partition),
+            deps.retry_initial_s, deps.retry_max_s)
+        newer = 0
+        for key, value in stored:
+            current = found.get(key)
+            if current is None or PartialState.from_bytes(value).applied_through > \
+                    PartialState.from_bytes(current).applied_through:
+                found[key] = value
+                newer += 1
+        for key, value in found.items():
+            agg.restore(key, value)
         restored.add(partition)
-        log.info("rollup_partition_restored", partition=partition, partials=n)
+        log.info("rollup_partition_restored", partition=partition, partials=len(found),
+                 from_table=from_table, newer_in_clickhouse=newer)
 
     async def flush() -> None:
         async with lock:
             dirty = agg.dirty()
-            acks = list(held)
-            held.clear()
+            # The events applied so far; they leave `held` only once acked, so a flush that
+            # fails or is cancelled leaves them for the next one (an event that is never
+            # acked would stall the next rebalance, which waits for every in-flight event).
+            n_held = len(held)
             if dirty:
                 items = [(k, v) for k, v in dirty.items()]
-                encoded = [(k.to_str(), k.partition, v.to_bytes()) for k, v in items]
-                futures = []
-                for key_str, partition, value in encoded:
-                    key_bytes = key_str.encode()
+                encoded = [(k.to_str().encode(), k.partition, v.to_bytes()) for k, v in items]
+                for key_bytes, _, value in encoded:
                     table.data[key_bytes] = value
-                    futures.append(await table.changelog_topic.send(
-                        key=key_bytes, value=value, partition=partition,
-                        key_serializer="raw", value_serializer="raw"))
 
                 async def changelog_durable() -> None:
+                    """Send every dirty partial to its partition; a retry sends them again."""
                     try:
-                        await asyncio.gather(*futures)
+                        futures = [
+                            await table.changelog_topic.send(
+                                key=key_bytes, value=value, partition=partition,
+                                key_serializer="raw", value_serializer="raw")
+                            for key_bytes, partition, value in encoded
+                        ]
+                        await asyncio.wait_for(asyncio.gather(*futures), CHANGELOG_TIMEOUT_S)
+                    except asyncio.CancelledError:
+                        raise
                     except Exception as exc:
                         raise ServiceUnavailable(f"changelog write failed: {exc!r}") from exc
 
-                await retry_forever("rollup_changelog", changelog_durable, deps.retry_initial_s, deps.retry_max_s)
+                await retry_forever("rollup_changelog", changelog_durable,
+                                    deps.retry_initial_s, deps.retry_max_s)
                 await retry_forever("rollup_clickhouse", lambda: deps.writer.write(items),
                                     deps.retry_initial_s, deps.retry_max_s)
                 agg.mark_flushed()
                 counters.keys_written += len(items)
             counters.flushes += 1
             counters.last_flush_at = time.time()
+            acks = held[:n_held]
+            del held[:n_held]
             if stream_ref:
                 for event in acks:
                     await stream_ref[0].ack(event)
@@ -150,7 +194,7 @@ def install(app: faust.App, deps: RollupDeps) -> None:
                 for event in events:
                     msg = event.message
                     if msg.partition not in restored:
-                        restore_partition(msg.partition)
+                        await restore_partition(msg.partition)
                     try:
                         block = decode_block(msg.value)
                     except ValueError:

@@ -57,7 +57,7 @@ class Validator:
 
     def validate_message(
         self,
-        raw: bytes,
+        raw: bytes | None,
         key: bytes | None,
         meta: SourceMeta,
         schemas: Mapping[int, WriterSchema | None],
@@ -75,7 +75,7 @@ class Validator:
 
         def whole(error_class: str, reason: str, schema_id: int | None = None) -> MessageResult:
             result.invalid.append(
-                Invalid("decode", error_class, reason, meta, raw, key, None, schema_id)
+                Invalid("decode", error_class, reason, meta, raw or b"", key, None, schema_id)
             )
             return result
 
@@ -112,6 +112,16 @@ class Validator:
                 )
         return result
 
+    def check(self, record: dict[str, Any], received_at_ms: int) -> str | None:
+        """Why *record* (an Event record) would be dead-lettered, or None: the collector asks
+        this before answering 202, so a client learns about a bad event at once."""
+        meta = SourceMeta("", 0, 0, received_at_ms)
+        try:
+            self._event(record, 0, meta, 0, meta)
+        except _Reject as rej:
+            return rej.reason
+        return None
+
     def _event(
         self, record: Any, schema_id: int, meta: SourceMeta, index: int, identity: SourceMeta
     ) -> CleanEvent:
@@ -119,7 +129,7 @@ class Validator:
         if not isinstance(record, dict):
             raise _Reject("WrongSchema", "record is not an Avro record")
         event_name = _required_str(record, "event_name")
-        if not self._name_re.match(event_name):
+        if not self._name_re.fullmatch(event_name):
             raise _Reject(
                 "InvalidField", f"event_name {event_name[:64]!r} does not match {r.event_name_pattern}"
             )

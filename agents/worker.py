@@ -178,7 +178,7 @@ def letter_preview(value: bytes, headers: dict[str, str], deps: WorkerDeps) -> s
             decoded = decoded["events"][index]
         text = orjson.dumps(decoded, default=str).decode()
     except Exception:  # noqa: BLE001 - undecodable letters get a text preview
-        text = value[:512].decode("utf-8", "replace")
+        text = (value or b"")[:512].decode("utf-8", "replace")
     return deps.redactor.redact_text(text)[0]
 
 
@@ -232,7 +232,7 @@ def install(app: faust.App, deps: WorkerDeps) -> None:
                 await _retry_forever("registry", lambda: deps.schemas.ensure(ids), deps)
                 rows = [
                     dlq.letter_row(e.message.partition, e.message.offset,
-                                   int(e.message.timestamp * 1000), e.message.value, h,
+                                   int(e.message.timestamp * 1000), e.message.value or b"", h,
                                    letter_preview(e.message.value, h, deps))
                     for e, h in zip(events, parsed, strict=True)
                 ]

@@ -27,6 +27,7 @@ from clickhouse_connect.driver.client import Client
 
 import schemas
 from agents.codec import BatchWriter
+from agents.validate import Validator
 from app import clickhouse
 from app.collector.normalize import BadEvent, to_event, to_events
 from app.collector.producer import BatchingProducer
@@ -87,6 +88,7 @@ class CollectorCounters:
 
 
 COUNTERS = web.AppKey("counters", CollectorCounters)
+VALIDATOR = web.AppKey("validator", Validator)
 
 
 @web.middleware
@@ -138,8 +140,18 @@ def _event_kwargs(request: web.Request) -> dict[str, Any]:
     }
 
 
+def _check(request: web.Request, events: list[dict[str, Any]], indexed: bool) -> None:
+    """Refuse, naming the field, an event the worker's rules would dead-letter."""
+    validator = request.app[VALIDATOR]
+    for i, event in enumerate(events):
+        reason = validator.check(event, event["context"]["received_at"])
+        if reason is not None:
+            raise BadEvent(f"events[{i}]: {reason}" if indexed else reason)
+
+
 async def track(request: web.Request) -> web.Response:
     event = to_event(await _body(request), **_event_kwargs(request))
+    _check(request, [event], indexed=False)
     await request.app[PRODUCER].send([event])
     request.app[COUNTERS].accepted_events += 1
     return _json({"accepted": 1}, 202)
@@ -151,6 +163,7 @@ async def batch(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].api.max_batch_events
     if len(events) > limit:
         raise BadEvent(f"a batch holds at most {limit} events, this one {len(events)}")
+    _check(request, events, indexed=True)
     await request.app[PRODUCER].send(events)
     request.app[COUNTERS].accepted_events += len(events)
     return _json({"accepted": len(events)}, 202)
@@ -209,6 +222,7 @@ def create_app(settings: Settings) -> web.Application:
                           middlewares=[count_responses, errors])
     app[SETTINGS] = settings
     app[COUNTERS] = CollectorCounters()
+    app[VALIDATOR] = Validator(settings.validation.rules())
 
     async def startup(app: web.Application) -> None:
         topic = settings.kafka.topics.raw

@@ -12,6 +12,9 @@ from app.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# What Rearview's own topics (clean, dlq) accept: raw's 1 MB plus room for headers and framing.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
 
 def broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
@@ -40,6 +43,9 @@ def create_app(settings: Settings, web_host: str = "127.0.0.1", web_port: int | 
         web_host=web_host,
         web_port=web_port or w.web_port,
         web_in_thread=False,
+        # Kafka's default message limit is ~1 MB for raw messages; a clean block or a dead
+        # letter carries one more header or a few KB of Arrow framing on top of that.
+        producer_max_request_size=MAX_MESSAGE_BYTES,
     )
     # Faust's start-up can leave these at DEBUG; a log record per message costs 5-12%.
     for name in ("aiokafka", "faust", "mode"):

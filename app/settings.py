@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.validate import Rules
 from tables.rollups import DEFAULT_ROLLUPS, RollupSpec
 
 
@@ -105,6 +106,17 @@ class ValidationSettings(BaseModel):
     max_properties: int = Field(default=256, ge=0)
     max_key_length: int = Field(default=128, ge=1)
     max_value_length: int = Field(default=8192, ge=1)
+
+    def rules(self) -> Rules:
+        return Rules(
+            event_name_pattern=self.event_name_pattern,
+            max_user_id_length=self.max_user_id_length,
+            max_past_ms=self.max_past_s * 1000,
+            max_future_ms=self.max_future_s * 1000,
+            max_properties=self.max_properties,
+            max_key_length=self.max_key_length,
+            max_value_length=self.max_value_length,
+        )
 
 
 class PiiSettings(BaseModel):

@@ -10,7 +10,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 
 from agents.sink import EventsWriter, RowsWriter
-from agents.validate import Rules, Validator
+from agents.validate import Validator
 from agents.pii import Redactor
 from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
 from agents.rollup import RollupDeps, RollupWriter
@@ -36,7 +36,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         )
 
     deps = WorkerDeps(
-        validator=Validator(validation_rules(settings)),
+        validator=Validator(settings.validation.rules()),
         redactor=Redactor(redaction_config(settings)),
         schemas=SchemaCache(settings.registry.url, w.retry_initial_s, w.retry_max_s,
                             topic=topics.raw, reader_ttl_s=settings.registry.reader_ttl_s),
@@ -87,19 +87,6 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         return web.text(render(worker_metrics(deps, rollups)), content_type=CONTENT_TYPE)
 
     return app, deps
-
-
-def validation_rules(settings: Settings) -> Rules:
-    v = settings.validation
-    return Rules(
-        event_name_pattern=v.event_name_pattern,
-        max_user_id_length=v.max_user_id_length,
-        max_past_ms=v.max_past_s * 1000,
-        max_future_ms=v.max_future_s * 1000,
-        max_properties=v.max_properties,
-        max_key_length=v.max_key_length,
-        max_value_length=v.max_value_length,
-    )
 
 
 def redaction_config(settings: Settings) -> RedactionConfig:

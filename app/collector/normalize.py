@@ -38,7 +38,18 @@ def _stringify(where: str, key: str, value: Any) -> str | None:
         raise _fail(where, f"properties.{key} {exc}") from None
 
 
+# Epoch milliseconds from 1970 to the end of year 9999: what DateTime64(3) and Avro's long hold.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+
 def _timestamp_ms(where: str, value: Any, default_ms: int) -> int:
+    ms = _parse_timestamp_ms(where, value, default_ms)
+    if not 0 <= ms <= MAX_TIMESTAMP_MS:
+        raise _fail(where, "timestamp is outside 1970-01-01 .. 9999-12-31")
+    return ms
+
+
+def _parse_timestamp_ms(where: str, value: Any, default_ms: int) -> int:
     if value is None:
         return default_ms
     if isinstance(value, bool):
@@ -56,7 +67,10 @@ def _timestamp_ms(where: str, value: Any, default_ms: int) -> int:
             raise _fail(where, f"timestamp {value[:40]!r} is not ISO-8601") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
-        return int(parsed.timestamp() * 1000)
+        try:
+            return int(parsed.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError):
+            raise _fail(where, "timestamp is outside 1970-01-01 .. 9999-12-31") from None
     raise _fail(where, "timestamp must be an ISO-8601 string or epoch milliseconds")
 
 
@@ -106,10 +120,14 @@ def to_event(
         if text is not None:
             properties[key] = text
 
-    ctx = obj.get("context") or {}
+    ctx = obj.get("context")
+    if ctx is None:
+        ctx = {}
     if not isinstance(ctx, dict):
         raise _fail(where, "context must be a JSON object")
     library = ctx.get("library")
+    if library is not None and not isinstance(library, str):
+        raise _fail(where, "context.library must be a string")
     return {
         "event_id": event_id,
         "project_id": project_id,

@@ -85,7 +85,12 @@ class BatchingProducer:
         if done is None or not events:
             return
         loop = asyncio.get_running_loop()
-        messages = self._writer.encode_chunks(events, self._max_bytes)
+        try:
+            messages = self._writer.encode_chunks(events, self._max_bytes)
+        except Exception as exc:  # noqa: BLE001 - every waiter must get an answer
+            log.error("batch_encode_failed", events=len(events), error=str(exc))
+            _fail(done, ServiceUnavailable(f"cannot encode the batch: {exc}"))
+            return
         remaining = len(messages)
 
         def delivered(err: KafkaError | None, _msg: object) -> None:

@@ -27,13 +27,18 @@ class TopicSpec:
     name: str
     partitions: int
     replication_factor: int = 1
+    config: tuple[tuple[str, str], ...] = ()
 
 
 def pipeline_topics(kafka: KafkaSettings) -> list[TopicSpec]:
     """The topics every Rearview deployment needs, with their final partition counts."""
     t = kafka.topics
+    # Clean blocks and dead letters can be a little larger than the raw message they come from.
+    bigger = (("max.message.bytes", str(4 * 1024 * 1024)),)
     return [
-        TopicSpec(name, t.partitions, t.replication_factor) for name in (t.raw, t.clean, t.dlq)
+        TopicSpec(t.raw, t.partitions, t.replication_factor),
+        TopicSpec(t.clean, t.partitions, t.replication_factor, bigger),
+        TopicSpec(t.dlq, t.partitions, t.replication_factor, bigger),
     ]
 
 
@@ -76,7 +81,8 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[TopicSpec], timeout_s
     if not missing:
         return
     futures = admin.create_topics(
-        [NewTopic(t.name, t.partitions, t.replication_factor) for t in missing]
+        [NewTopic(t.name, t.partitions, t.replication_factor, config=dict(t.config))
+         for t in missing]
     )
     for name, future in futures.items():
         try:

@@ -64,17 +64,25 @@ def test_rollups_are_exact_after_a_sigkill_mid_stream(pipeline: Pipeline) -> Non
 
 
 def test_rollups_are_exact_across_a_rebalance_between_two_workers(pipeline: Pipeline) -> None:
-    total = 100_000
-    traffic = _traffic(pipeline, total, 12_000, seed=12)
+    total = 200_000
+    traffic = _traffic(pipeline, total, 10_000, seed=12)
     try:
         pipeline.start_worker("worker-a")
-        wait_for(lambda: pipeline.stored() > 10_000, 90, "events flowing through worker a")
+        wait_for(lambda: pipeline.stored() > 5_000, 90, "events flowing through worker a")
         pipeline.start_worker("worker-b")  # joins the group: partitions move mid-stream
+        wait_for(lambda: _applied(pipeline, "worker-b") > 0, 60, "worker b to take over partitions")
+        assert pipeline.stored() < total, "the rebalance must happen mid-stream"
     finally:
         traffic.join()
     reports = wait_for(lambda: _converged(pipeline, total), 180, "rollups equal to raw events")
     assert all(r.differences == [] for r in reports)
     assert pipeline.scalar("SELECT sum(count) FROM rollup_events_by_name_1m FINAL") == total
+    assert _applied(pipeline, "worker-a") > 0 and _applied(pipeline, "worker-b") > 0
+
+
+def _applied(pipeline: Pipeline, worker: str) -> int:
+    health = httpx.get(f"{pipeline.urls[worker]}/health", timeout=10).json()
+    return int(health["rollups"]["applied"])
 
 
 def _event(ts_ms: int, name: str = "page_view", user: str = "u1") -> dict[str, Any]:

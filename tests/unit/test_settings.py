@@ -2,7 +2,6 @@ import pytest
 
 from agents.validate import Rules
 from app.settings import Settings, to_env
-from app.worker import validation_rules
 
 
 def test_nested_sections_come_from_rv_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -13,7 +12,7 @@ def test_nested_sections_come_from_rv_variables(monkeypatch: pytest.MonkeyPatch)
     s = Settings()
     assert s.kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert s.clickhouse.url == "https://ch.example.com:8443"
-    assert validation_rules(s).max_properties == 10
+    assert s.validation.rules().max_properties == 10
     assert [r.name for r in s.aggregate.rollups] == ["x_1h"]
 
 
@@ -25,7 +24,7 @@ def test_to_env_rebuilds_the_same_settings_in_a_child(monkeypatch: pytest.Monkey
 
 
 def test_validation_defaults_are_the_validators_defaults() -> None:
-    assert validation_rules(Settings()) == Rules()
+    assert Settings().validation.rules() == Rules()
 
 
 def test_a_bad_rollup_definition_is_refused_with_the_field_named(monkeypatch: pytest.MonkeyPatch) -> None:
