@@ -52,6 +52,9 @@ def columns(spec: RollupSpec) -> list[tuple[str, str]]:
     cols += [("partition", "UInt32"), ("count", "UInt64"), ("late", "UInt64")]
     cols += [(sum_column(k), "Float64") for k in spec.sums]
     cols += [("sum_errors", "UInt64"), ("sketch", "String"), ("version", "UInt64")]
+    # The partial's exact state (PartialState.to_bytes(): exact sums, watermarks), from which
+    # a worker restores the partition it is assigned.
+    cols += [("state", "String")]
     return cols
 
 
@@ -113,6 +116,25 @@ def upsert_rows(
                 state.sum_errors,
                 hll.to_bytes(state.sketch) if state.sketch is not None else b"",
                 version(state),
+                state.to_bytes(),
             ]
         )
     return names, rows
+
+
+def stored_states(client: Client, spec: RollupSpec, partition: int) -> list[tuple[StateKey, bytes]]:
+    """Every partial of *spec* stored for source *partition*, newest version of each."""
+    import base64
+
+    dims = ", ".join(f"`{d}`" for d in dimension_columns(spec))
+    rows = client.query(
+        f"SELECT toUnixTimestamp(window_start), {dims}, base64Encode(state)"
+        f" FROM `{table_name(spec)}` FINAL WHERE partition = {{p:UInt32}}",
+        parameters={"p": partition},
+    ).result_rows
+    n = len(spec.dimensions)
+    return [
+        (StateKey(partition, spec.name, int(row[0]) * 1000, tuple(str(v) for v in row[1 : 1 + n])),
+         base64.b64decode(row[1 + n]))
+        for row in rows
+    ]
