@@ -62,13 +62,16 @@ def test_up_with_demo_traffic_serves_a_growing_count_and_sigterm_leaves_no_proce
             return None
 
         api = wait_for(url, 180, "`rearview up` to print the dashboard URL")
-        assert "text/html" in httpx.get(f"{api}/").headers["content-type"]
+        page = httpx.get(f"{api}/")
+        assert "text/html" in page.headers["content-type"] and "Online now" in page.text
 
         def count() -> int:
             return int(httpx.get(f"{api}/v1/events/count", timeout=10).json()["count"])
 
         first = wait_for(count, 60, "demo events in ClickHouse")
         wait_for(lambda: count() > first, 60, "the count to grow")
+        live = httpx.get(f"{api}/v1/live", timeout=10).json()
+        assert live["active_users"]["15m"] > 0 and live["top_events"]
 
         tree = _descendants(proc.pid)
         assert len(tree) >= 6, "broker, tansu, registry, clickhouse, worker, api, demo"
