@@ -277,25 +277,22 @@ async def register(request: web.Request) -> web.Response:
     return _json(_version_body(registered))
 
 
-async def get_version(request: web.Request) -> web.Response:
-    registered = await _call(
+async def _requested_version(request: web.Request) -> RegisteredVersion:
+    return await _call(
         request,
         request.app[STORE].get_version,
         request.match_info["subject"],
         parse_version(request.match_info["version"]),
         deleted=_flag(request, "deleted"),
     )
-    return _json(_version_body(registered))
+
+
+async def get_version(request: web.Request) -> web.Response:
+    return _json(_version_body(await _requested_version(request)))
 
 
 async def raw_version_schema(request: web.Request) -> web.Response:
-    registered = await _call(
-        request,
-        request.app[STORE].get_version,
-        request.match_info["subject"],
-        parse_version(request.match_info["version"]),
-        deleted=_flag(request, "deleted"),
-    )
+    registered = await _requested_version(request)
     return web.Response(text=registered.schema.text, content_type=CONTENT_TYPE)
 
 
