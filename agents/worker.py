@@ -98,7 +98,7 @@ async def _produce_all(app: faust.App, records: list[dict[str, Any]]) -> None:
 def validate_batch(
     events: Sequence[faust.EventT], deps: WorkerDeps, now_ms: int
 ) -> tuple[list[dict[str, Any]], int, int]:
-    """Pure part of one validate batch: the records to produce, and the clean/dead counts."""
+    """One validate batch: the records to produce, and the clean and dead counts (no I/O)."""
     clean_by_partition: dict[int, list[CleanEvent]] = defaultdict(list)
     dead: list[Invalid] = []
     for event in events:
@@ -117,8 +117,8 @@ def validate_batch(
                 for inv in result.invalid
             ]
         redacted = clean_by_partition[msg.partition]
-        for event in result.clean:
-            clean_event, counts = deps.redactor.redact_event(event)
+        for valid in result.clean:
+            clean_event, counts = deps.redactor.redact_event(valid)
             redacted.append(clean_event)
             if counts:
                 deps.counters.redactions.update(counts)
