@@ -1,11 +1,13 @@
 """The aggregate agent: events.clean -> windowed partials -> Faust table + ClickHouse rollups.
 
-Wiring only; the aggregation is `tables.aggregate.Aggregator` (pure). Per take, each Arrow
-block is applied to the in-memory partials and its events are held un-acked. A flush, every
+Wiring only; the aggregation is `tables.aggregate.Aggregator` (pure). Per take, the batch is
+admitted through the offset keeper (in order, each offset once), each Arrow block is applied to
+the in-memory partials, and the batch is held. A flush, every
 `flush_interval_s` on a timer (and never only when the next event arrives), writes every
 dirty partial once: to the Faust table's changelog, on the changelog partition equal to the
 partial's source partition, and as a full-state row to its ClickHouse rollup table. Only when
-both are durable are the held events acked. After a crash, Faust restores the table from the
+both are durable are the held batches reported done (so their offsets can be committed) and
+acked. After a crash, Faust restores the table from the
 changelog, the partition's partials are loaded back before its first block, and the replay
 from the committed offset is applied exactly once thanks to each partial's position watermark
 (see tables/aggregate.py).
@@ -28,6 +30,8 @@ import faust
 import structlog
 from clickhouse_connect.driver.client import Client
 
+from agents.ledger import Receipt
+from agents.offsets import OffsetKeeper, bytes_topic
 from agents.sink import ClickHouseCalls, decode_block
 from app.exceptions import ServiceUnavailable
 from app.retry import retry_forever
@@ -100,15 +104,15 @@ class RollupDeps:
     counters: RollupCounters = field(default_factory=RollupCounters)
 
 
-def install(app: faust.App, deps: RollupDeps) -> None:
-    clean = app.topic(deps.clean_topic, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw")
+def install(app: faust.App, deps: RollupDeps, offsets: OffsetKeeper) -> None:
+    clean = bytes_topic(app, deps.clean_topic)
     # bytes keys and values: Faust stores them raw (StateKey.to_str() and PartialState.to_bytes()).
     table = app.Table("rollup-state", partitions=deps.partitions, key_type=bytes, value_type=bytes)
     agg = deps.aggregator
     counters = deps.counters
     lock = asyncio.Lock()
-    held: list[faust.EventT] = []  # consumed and applied, acked at the next completed flush
+    # Batches taken and applied, reported done (and acked) at the next completed flush.
+    held: list[tuple[list[faust.EventT], Receipt]] = []
     restored: set[int] = set()
     stream_ref: list[faust.StreamT] = []
 
@@ -147,9 +151,8 @@ def install(app: faust.App, deps: RollupDeps) -> None:
     async def flush() -> None:
         async with lock:
             dirty = agg.dirty()
-            # The events applied so far; they leave `held` only once acked, so a flush that
-            # fails or is cancelled leaves them for the next one (an event that is never
-            # acked would stall the next rebalance, which waits for every in-flight event).
+            # The batches applied so far; they leave `held` only once done, so a flush that
+            # fails or is cancelled leaves them for the next one.
             n_held = len(held)
             if dirty:
                 items = [(k, v) for k, v in dirty.items()]
@@ -180,17 +183,20 @@ def install(app: faust.App, deps: RollupDeps) -> None:
                 counters.keys_written += len(items)
             counters.flushes += 1
             counters.last_flush_at = time.time()
-            acks = held[:n_held]
+            flushed = held[:n_held]
             del held[:n_held]
-            if stream_ref:
-                for event in acks:
-                    await stream_ref[0].ack(event)
+            for taken, receipt in flushed:
+                offsets.done(receipt)
+                if stream_ref:
+                    for event in taken:
+                        await stream_ref[0].ack(event)
 
     @app.agent(clean, name="aggregate")
     async def aggregate(stream: faust.StreamT) -> None:
         stream_ref[:] = [stream]
-        async for events in stream.noack_take(deps.take_max, within=deps.take_within_s):
+        async for taken in stream.noack_take(deps.take_max, within=deps.take_within_s):
             async with lock:
+                events, receipt = offsets.admit("aggregate", taken)
                 for event in events:
                     msg = event.message
                     if msg.partition not in restored:
@@ -210,7 +216,7 @@ def install(app: faust.App, deps: RollupDeps) -> None:
                     counters.applied += result.applied
                     counters.skipped += result.skipped
                     counters.late += result.late
-                held.extend(events)
+                held.append((taken, receipt))
 
     @app.timer(deps.flush_interval_s)
     async def flush_timer() -> None:
@@ -223,7 +229,9 @@ def install(app: faust.App, deps: RollupDeps) -> None:
                 if tp.topic == deps.clean_topic:
                     agg.drop_partition(tp.partition)
                     restored.discard(tp.partition)
-            # Events of revoked partitions will be redelivered to their new owner.
-            held[:] = [e for e in held if e.message.tp not in revoked]
+            # Events of revoked partitions will be redelivered to their new owner (the offset
+            # keeper ignores their receipts from now on).
+            held[:] = [([e for e in taken if e.message.tp not in revoked], receipt)
+                       for taken, receipt in held]
 
     _ = (aggregate, flush_timer, on_revoked)

@@ -3,9 +3,11 @@
 validate: events.raw -> (registry lookup, cached) -> Validator -> events.clean | events.dlq
 sink:     events.clean (Arrow blocks) -> one concatenated block -> ClickHouse events table
 
-Acks happen only after every effect of the batch is durable (records acknowledged by the
-broker, rows acknowledged by ClickHouse); Faust commits acked offsets. `noack_take` is used
-instead of `take` because `take` acks its buffer even when the body raises or is cancelled.
+Each agent admits its batch through the offset keeper (agents/offsets.py), which drops
+redeliveries and out-of-order deliveries, and reports the batch done only after every effect
+of it is durable (records acknowledged by the broker, rows acknowledged by ClickHouse); the
+keeper commits what is done. The topics have Faust's acks off, so Faust commits nothing of
+its own; events are still acked to Faust (`noack_take` then `stream.ack`) to release them.
 Infrastructure failures are retried here, forever, with backoff: while they last the agent
 stops taking, the stream buffer fills and Faust pauses fetching. Nothing is dead-lettered for
 an outage, and an exception never escapes an agent.
@@ -27,6 +29,7 @@ import structlog
 
 from agents import dlq
 from agents.codec import FramingError, Kind, decode, split_frame
+from agents.offsets import OffsetKeeper, bytes_topic
 from agents.pii import Redactor
 from agents.records import CleanEvent, Invalid, SourceMeta
 from agents.sink import BlockWriter, RowsWriter, decode_block, encode_blocks
@@ -182,31 +185,42 @@ def letter_preview(value: bytes, headers: dict[str, str], deps: WorkerDeps) -> s
     return deps.redactor.redact_text(text)[0]
 
 
-def install(app: faust.App, deps: WorkerDeps) -> None:
+def readers(deps: WorkerDeps, rollups: bool) -> dict[str, list[str]]:
+    """Which agents read which topic: a partition is committed once all of them are done."""
+    return {
+        deps.raw_topic: ["validate"],
+        deps.clean_topic: ["sink", "aggregate"] if rollups else ["sink"],
+        deps.dlq_topic: ["dead_letters"] if deps.dlq_writer is not None else [],
+    }
+
+
+def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
     """Declare the topics and agents on *app*."""
-    raw = app.topic(deps.raw_topic, key_type=bytes, value_type=bytes,
-                    key_serializer="raw", value_serializer="raw")
-    clean = app.topic(deps.clean_topic, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw")
+    raw = bytes_topic(app, deps.raw_topic)
+    clean = bytes_topic(app, deps.clean_topic)
     counters = deps.counters
 
     @app.agent(raw, name="validate")
     async def validate(stream: faust.StreamT) -> None:
-        async for events in stream.noack_take(deps.take_max, within=deps.take_within_s):
-            await _retry_forever(
-                "registry", lambda: deps.schemas.ensure(_schema_ids([e.message.value for e in events])), deps
-            )
-            records, n_clean, n_dead = validate_batch(events, deps, int(time.time() * 1000))
-            await _retry_forever("produce", lambda: _produce_all(app, records), deps)
-            for event in events:
+        async for taken in stream.noack_take(deps.take_max, within=deps.take_within_s):
+            events, receipt = offsets.admit("validate", taken)
+            if events:
+                await _retry_forever(
+                    "registry", lambda: deps.schemas.ensure(_schema_ids([e.message.value for e in events])), deps
+                )
+                records, n_clean, n_dead = validate_batch(events, deps, int(time.time() * 1000))
+                await _retry_forever("produce", lambda: _produce_all(app, records), deps)
+                counters.read += len(events)
+                counters.clean += n_clean
+                counters.dead += n_dead
+            offsets.done(receipt)
+            for event in taken:
                 await stream.ack(event)
-            counters.read += len(events)
-            counters.clean += n_clean
-            counters.dead += n_dead
 
     @app.agent(clean, name="sink")
     async def sink(stream: faust.StreamT) -> None:
-        async for events in stream.noack_take(deps.take_max, within=deps.take_within_s):
+        async for taken in stream.noack_take(deps.take_max, within=deps.take_within_s):
+            events, receipt = offsets.admit("sink", taken)
             blocks, bad = decode_clean(events)
             if bad:
                 records = dead_letter_records(bad, deps, int(time.time() * 1000))
@@ -216,28 +230,31 @@ def install(app: faust.App, deps: WorkerDeps) -> None:
                 block = pa.concat_tables(blocks)
                 await _retry_forever("clickhouse", lambda: deps.events_writer.write(block), deps)
                 counters.inserted += block.num_rows
-            for event in events:
+            offsets.done(receipt)
+            for event in taken:
                 await stream.ack(event)
 
     if deps.dlq_writer is not None:
-        dead_topic = app.topic(deps.dlq_topic, key_type=bytes, value_type=bytes,
-                               key_serializer="raw", value_serializer="raw")
+        dead_topic = bytes_topic(app, deps.dlq_topic)
         dlq_writer = deps.dlq_writer
 
         @app.agent(dead_topic, name="dead_letters")
         async def dead_letters(stream: faust.StreamT) -> None:
-            async for events in stream.noack_take(deps.take_max, within=deps.take_within_s):
-                parsed = [dlq.parse_headers(e.message.headers) for e in events]
-                ids = {int(h[dlq.H_SCHEMA_ID]) for h in parsed if h.get(dlq.H_SCHEMA_ID, "").isdigit()}
-                await _retry_forever("registry", lambda: deps.schemas.ensure(ids), deps)
-                rows = [
-                    dlq.letter_row(e.message.partition, e.message.offset,
-                                   int(e.message.timestamp * 1000), e.message.value or b"", h,
-                                   letter_preview(e.message.value, h, deps))
-                    for e, h in zip(events, parsed, strict=True)
-                ]
-                await _retry_forever("clickhouse", lambda: dlq_writer.write(rows), deps)
-                for event in events:
+            async for taken in stream.noack_take(deps.take_max, within=deps.take_within_s):
+                events, receipt = offsets.admit("dead_letters", taken)
+                if events:
+                    parsed = [dlq.parse_headers(e.message.headers) for e in events]
+                    ids = {int(h[dlq.H_SCHEMA_ID]) for h in parsed if h.get(dlq.H_SCHEMA_ID, "").isdigit()}
+                    await _retry_forever("registry", lambda: deps.schemas.ensure(ids), deps)
+                    rows = [
+                        dlq.letter_row(e.message.partition, e.message.offset,
+                                       int(e.message.timestamp * 1000), e.message.value or b"", h,
+                                       letter_preview(e.message.value, h, deps))
+                        for e, h in zip(events, parsed, strict=True)
+                    ]
+                    await _retry_forever("clickhouse", lambda: dlq_writer.write(rows), deps)
+                offsets.done(receipt)
+                for event in taken:
                     await stream.ack(event)
 
         _ = dead_letters

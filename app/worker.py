@@ -9,13 +9,15 @@ import faust
 import structlog
 from clickhouse_connect.driver.client import Client
 
+from agents.ledger import OffsetLedger
+from agents.offsets import OffsetCounters, OffsetKeeper
 from agents.sink import EventsWriter, RowsWriter
 from agents.validate import Validator
 from agents.pii import Redactor
 from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
 from agents.rollup import RollupDeps, RollupWriter
 from agents.rollup import install as install_rollups
-from agents.worker import WorkerDeps, install
+from agents.worker import WorkerDeps, install, readers
 from app import clickhouse
 from app.faust_app import create_app
 from app.schema_registry import SchemaCache
@@ -51,9 +53,13 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         retry_max_s=w.retry_max_s,
     )
     app = create_app(settings, web_host, web_port)
-    install(app, deps)
+    with_rollups = bool(settings.aggregate.enabled and settings.aggregate.rollups)
+    offsets = OffsetKeeper(app, OffsetLedger(readers(deps, with_rollups)),
+                           settings.kafka.bootstrap_servers,
+                           retry_initial_s=w.retry_initial_s, retry_max_s=w.retry_max_s)
+    install(app, deps, offsets)
     rollups = None
-    if settings.aggregate.enabled and settings.aggregate.rollups:
+    if with_rollups:
         specs = tuple(settings.aggregate.rollups)
         rollups = RollupDeps(
             aggregator=Aggregator(specs),
@@ -66,7 +72,8 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
             retry_initial_s=w.retry_initial_s,
             retry_max_s=w.retry_max_s,
         )
-        install_rollups(app, rollups)
+        install_rollups(app, rollups, offsets)
+    offsets.install()
 
     @app.page("/health")
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -74,6 +81,9 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         body: dict[str, object] = {
             "status": "ok", "raw_messages": c.read, "clean_events": c.clean,
             "dead_letters": c.dead, "inserted_rows": c.inserted,
+            "offsets": {"commits": offsets.counters.commits, "seeks_back": offsets.counters.reseeks,
+                        "out_of_order_dropped": offsets.counters.out_of_order,
+                        "redelivered_dropped": offsets.counters.redelivered},
         }
         if rollups is not None:
             r = rollups.counters
@@ -84,7 +94,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
 
     @app.page("/metrics")
     async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.text(render(worker_metrics(deps, rollups)), content_type=CONTENT_TYPE)
+        return web.text(render(worker_metrics(deps, rollups, offsets.counters)), content_type=CONTENT_TYPE)
 
     return app, deps
 
@@ -114,7 +124,7 @@ def redaction_config(settings: Settings) -> RedactionConfig:
     )
 
 
-def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None) -> list[Metric]:
+def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None, offsets: OffsetCounters) -> list[Metric]:
     c = deps.counters
     dead = Metric("rearview_dead_letters_total", "Dead letters written, by stage and error class.")
     for key, n in sorted(c.by_reason.items()):
@@ -130,6 +140,16 @@ def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None) -> list[Metric]
     for detector, n in sorted(c.redactions.items()):
         redactions.add(n, detector=detector)
     out.append(redactions)
+    out += [
+        Metric("rearview_offset_commits_total", "Offset commits of the worker's topics.").add(offsets.commits),
+        Metric("rearview_offset_seeks_back_total",
+               "Seeks back over messages the consumer skipped or stopped delivering.").add(offsets.reseeks),
+        Metric("rearview_deliveries_out_of_order_total",
+               "Deliveries dropped because earlier offsets were missing (redelivered after a seek back).")
+        .add(offsets.out_of_order),
+        Metric("rearview_deliveries_redelivered_total",
+               "Deliveries dropped because the agent already had them.").add(offsets.redelivered),
+    ]
     if rollups is not None:
         r = rollups.counters
         out += [

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -206,3 +207,46 @@ def test_worker_killed_mid_stream_loses_nothing_and_counts_nothing_twice(pipelin
         "SELECT count() FROM (SELECT _partition, _offset, _index FROM events FINAL"
         " GROUP BY _partition, _offset, _index HAVING count() > 1)"
     ) == 0
+
+
+def _committed_and_ends(pipeline: Pipeline, topic: str) -> tuple[list[int], list[int]]:
+    """The group's committed offset of each partition of *topic*, and the offset after its last
+    message (read from the log: the embedded broker's reported high watermark can lag by one)."""
+    s = pipeline.settings
+    parts = range(s.kafka.topics.partitions)
+    consumer = Consumer({"bootstrap.servers": s.kafka.bootstrap_servers, "group.id": s.worker.app_id,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        committed = [tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in parts],
+                                                           timeout=10)]
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        ends = [-1001] * len(parts)  # librdkafka's "no offset", as committed() reports it
+        while batch := consumer.consume(500, 2.0):
+            for m in batch:
+                if m.error() is None:
+                    ends[m.partition()] = max(ends[m.partition()], m.offset() + 1)
+        return committed, ends
+    finally:
+        consumer.close()
+
+
+def test_processed_offsets_are_committed_so_a_restarted_worker_reads_nothing_again(
+    pipeline: Pipeline,
+) -> None:
+    s = pipeline.settings
+    batch_id = register(s.registry.url, s.kafka.topics.raw, schemas.EVENT_BATCH)
+    send_kafka(s.kafka.bootstrap_servers, s.kafka.topics.raw, batch_id,
+               EventGenerator(users=50, seed=3).events(), 4_000, 0, 100)
+    first = pipeline.start_worker("worker-a")
+    wait_for(lambda: pipeline.stored() == 4_000, 60, "4,000 rows")
+    for topic in (s.kafka.topics.raw, s.kafka.topics.clean):
+        committed, ends = wait_for(
+            lambda t=topic: (lambda c, e: (c, e) if c == e else None)(*_committed_and_ends(pipeline, t)),
+            30, f"{topic}: committed offsets at the end of every partition")
+        assert sum(max(0, e) for e in ends) > 0
+    first.stop()
+    pipeline.start_worker("worker-b")
+    time.sleep(3)
+    health = httpx.get(f"{pipeline.urls['worker-b']}/health", timeout=10).json()
+    assert health["raw_messages"] == 0 and health["inserted_rows"] == 0, health
+    assert pipeline.stored() == 4_000

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -70,8 +71,13 @@ def test_up_with_demo_traffic_serves_a_growing_count_and_sigterm_leaves_no_proce
 
         first = wait_for(count, 60, "demo events in ClickHouse")
         wait_for(lambda: count() > first, 60, "the count to grow")
-        live = httpx.get(f"{api}/v1/live", timeout=10).json()
-        assert live["active_users"]["15m"] > 0 and live["top_events"]
+        # The live figures come from the rollups, flushed by the aggregate agent a moment
+        # after the sink's inserts: they follow the count within a few seconds.
+        def live() -> dict[str, Any] | None:
+            answer = httpx.get(f"{api}/v1/live", timeout=10).json()
+            return answer if answer["active_users"]["15m"] > 0 and answer["top_events"] else None
+
+        wait_for(live, 60, "active users and top events in /v1/live")
 
         tree = _descendants(proc.pid)
         assert len(tree) >= 6, "broker, tansu, registry, clickhouse, worker, api, demo"
