@@ -200,13 +200,12 @@ class OffsetLedger:
             for tp, part in self._parts.items()
             if now - part.last_event_at >= idle_s
             and not any(r.pending for r in part.readers.values())
-            and (part.seek_at is None or now - part.seek_at >= idle_s)
         }
 
-    def sought(self, tp: Hashable, now: float) -> None:
+    def touch(self, tp: Hashable, now: float) -> None:
+        """*tp* was just checked or sought: it is not idle again for another idle period."""
         part = self._parts.get(tp)
         if part is not None:
-            part.seek_at = now
             part.last_event_at = now
 
     def position(self, tp: Hashable) -> dict[str, tuple[int, int]] | None:

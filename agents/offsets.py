@@ -33,7 +33,7 @@ from app.retry import Backoff, retry_forever
 
 log = structlog.get_logger(__name__)
 
-REVOKE_COMMIT_TIMEOUT_S = 10.0
+FINAL_COMMIT_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -101,12 +101,7 @@ class OffsetKeeper:
         async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
             self._assignments += 1
             ours = {tp for tp in revoked if tp.topic in self.ledger.topics}
-            offsets = {tp: o for tp, o in self.ledger.committable().items() if tp in ours}
-            if offsets:
-                try:
-                    await asyncio.wait_for(self._commit(offsets), REVOKE_COMMIT_TIMEOUT_S)
-                except Exception as exc:  # noqa: BLE001 - the next owner redoes the work
-                    log.warning("offsets_commit_on_revoke_failed", error=repr(exc))
+            await self._final_commit("revoke", ours)
             self.ledger.forget(ours)
 
         backoff = Backoff()
@@ -124,12 +119,7 @@ class OffsetKeeper:
 
         @app.on_before_shutdown.connect
         async def close_admin(app: faust.App, **kwargs: Any) -> None:
-            offsets = self.ledger.committable()
-            if offsets:
-                try:
-                    await asyncio.wait_for(self._commit(offsets), REVOKE_COMMIT_TIMEOUT_S)
-                except Exception as exc:  # noqa: BLE001 - redone after the restart
-                    log.warning("offsets_commit_on_shutdown_failed", error=repr(exc))
+            await self._final_commit("shutdown", self.ledger.anchored())
             for task in list(self._anchoring):
                 task.cancel()
             if self._admin is not None:
@@ -150,16 +140,25 @@ class OffsetKeeper:
             if idle:
                 ends = await self.app.consumer.highwaters(*idle)
                 seeks.update({tp: o for tp, o in idle.items() if ends.get(tp, 0) > o})
+                for tp in idle:
+                    self.ledger.touch(tp, now)
             seeks = {tp: o for tp, o in seeks.items() if tp in assignment}
             if seeks:
                 log.warning("offsets_seek_back", partitions={_name(tp): o for tp, o in seeks.items()})
                 await self.app.consumer.seek_wait(seeks)
-                for tp in seeks:
-                    self.ledger.sought(tp, now)
                 self.counters.reseeks += len(seeks)
             offsets = {tp: o for tp, o in self.ledger.committable().items() if tp in assignment}
             if offsets:
                 await self._commit(offsets)
+
+    async def _final_commit(self, when: str, tps: set[Hashable]) -> None:
+        """Commit what is durable of *tps* before letting them go; whatever fails is redone."""
+        offsets = {tp: o for tp, o in self.ledger.committable().items() if tp in tps}
+        if offsets:
+            try:
+                await asyncio.wait_for(self._commit(offsets), FINAL_COMMIT_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - the next owner starts from the last commit
+                log.warning("offsets_final_commit_failed", on=when, error=repr(exc))
 
     async def _commit(self, offsets: dict[Hashable, int]) -> None:
         # Faust's own commit call (the consumer runs in its own thread); it returns False when

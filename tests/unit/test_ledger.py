@@ -108,8 +108,9 @@ def test_an_idle_partition_is_reported_with_its_next_offset_unless_a_batch_is_in
     assert book.idle(now=10, idle_s=5) == {}, "a batch is still being processed"
     book.done(receipt)
     assert book.idle(now=10, idle_s=5) == {RAW: 1}
-    book.sought(RAW, now=10)
-    assert book.idle(now=12, idle_s=5) == {}
+    book.touch(RAW, now=10)
+    assert book.idle(now=12, idle_s=5) == {}, "checked a moment ago"
+    assert book.idle(now=15, idle_s=5) == {RAW: 1}
 
 
 deliveries = st.lists(
