@@ -29,9 +29,6 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TypeVar
-
-TP = TypeVar("TP", bound=Hashable)
 
 
 class Admission(Enum):

@@ -201,7 +201,7 @@ class OffsetKeeper:
                 earliest = await self.app.consumer.earliest_offsets(*missing)
                 starts.update({tp: earliest.get(tp, 0) for tp in missing})
             return starts
-        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, KafkaError, OSError) as exc:
             admin, self._admin = self._admin, None
             if admin is not None:
                 await admin.close()

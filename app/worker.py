@@ -11,17 +11,17 @@ from clickhouse_connect.driver.client import Client
 
 from agents.ledger import OffsetLedger
 from agents.offsets import OffsetCounters, OffsetKeeper
-from agents.sink import EventsWriter, RowsWriter
-from agents.validate import Validator
 from agents.pii import Redactor
 from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
 from agents.rollup import RollupDeps, RollupWriter
 from agents.rollup import install as install_rollups
+from agents.sink import EventsWriter, RowsWriter
+from agents.validate import Validator
 from agents.worker import WorkerDeps, install, readers
 from app import clickhouse
 from app.faust_app import create_app
-from app.schema_registry import SchemaCache
 from app.metrics import CONTENT_TYPE, Metric, render
+from app.schema_registry import SchemaCache
 from app.settings import Settings
 from tables.aggregate import Aggregator
 

@@ -240,10 +240,13 @@ def test_processed_offsets_are_committed_so_a_restarted_worker_reads_nothing_aga
     first = pipeline.start_worker("worker-a")
     wait_for(lambda: pipeline.stored() == 4_000, 60, "4,000 rows")
     for topic in (s.kafka.topics.raw, s.kafka.topics.clean):
-        committed, ends = wait_for(
-            lambda t=topic: (lambda c, e: (c, e) if c == e else None)(*_committed_and_ends(pipeline, t)),
-            30, f"{topic}: committed offsets at the end of every partition")
-        assert sum(max(0, e) for e in ends) > 0
+
+        def fully_committed(topic: str = topic) -> list[int] | None:
+            committed, ends = _committed_and_ends(pipeline, topic)
+            return ends if committed == ends else None
+
+        ends = wait_for(fully_committed, 30, f"{topic}: committed offsets at the end of every partition")
+        assert sum(max(0, end) for end in ends) > 0
     first.stop()
     pipeline.start_worker("worker-b")
     time.sleep(3)

@@ -81,7 +81,7 @@ def test_rollups_are_exact_after_a_sigkill_mid_stream(pipeline: Pipeline) -> Non
     traffic = _traffic(pipeline, total, 15_000, seed=11)
     try:
         worker = pipeline.start_worker("worker-a")
-        wait_for(lambda: pipeline.scalar("SELECT sum(count) FROM rollup_events_by_name_1m") or 0 > 0,
+        wait_for(lambda: (pipeline.scalar("SELECT sum(count) FROM rollup_events_by_name_1m") or 0) > 0,
                  90, "the first rollup upserts")
         wait_for(lambda: pipeline.stored() > 10_000, 60, "events flowing")
         worker.kill()
