@@ -38,7 +38,7 @@ from app.retry import retry_forever
 from tables import rollup_tables
 from tables.aggregate import Aggregator
 from tables.rollups import RollupSpec
-from tables.state import PartialState, StateKey
+from tables.state import PartialState, StateKey, restore_plan
 
 log = structlog.get_logger(__name__)
 
@@ -120,33 +120,27 @@ def install(app: faust.App, deps: RollupDeps, offsets: OffsetKeeper) -> None:
         """Load every stored partial of *partition* before its first block.
 
         Two durable copies exist: the table (restored by Faust from its changelog) and the
-        rollup tables in ClickHouse; every flush writes both before acking. For each key the
-        newer of the two (the higher applied_through) is taken, so a changelog recovery that
-        stopped short (Faust trusts the broker's end offsets, which the embedded broker reports
-        stale) cannot make the partition restart a partial from zero.
+        rollup tables in ClickHouse; every flush writes both, in that order, before its batches
+        are done. Each key is loaded from the newer copy (`restore_plan`): a changelog recovery
+        can stop short (Faust trusts the broker's end offsets, which the embedded broker reports
+        stale), and a crash between the two writes leaves ClickHouse behind, to be rewritten.
         """
-        found: dict[StateKey, bytes] = {}
         prefix = f"{partition}|"
+        in_table = []
         for key, value in list(table.data.items()):
             text = key.decode() if isinstance(key, bytes) else key
             if text.startswith(prefix):
-                found[StateKey.parse(text)] = value
-        from_table = len(found)
+                in_table.append((StateKey.parse(text), value))
         stored = await retry_forever(
             "rollup_restore", lambda: deps.writer.stored(partition),
             deps.retry_initial_s, deps.retry_max_s)
-        newer = 0
-        for key, value in stored:
-            current = found.get(key)
-            if current is None or PartialState.from_bytes(value).applied_through > \
-                    PartialState.from_bytes(current).applied_through:
-                found[key] = value
-                newer += 1
-        for key, value in found.items():
-            agg.restore(key, value)
+        plan = restore_plan(in_table, stored)
+        for item in plan:
+            agg.restore(item.key, item.data, rewrite=item.rewrite)
         restored.add(partition)
-        log.info("rollup_partition_restored", partition=partition, partials=len(found),
-                 from_table=from_table, newer_in_clickhouse=newer)
+        log.info("rollup_partition_restored", partition=partition, partials=len(plan),
+                 from_table=len(in_table), in_clickhouse=len(stored),
+                 stale_in_clickhouse=sum(item.rewrite for item in plan))
 
     async def flush() -> None:
         async with lock:

@@ -294,14 +294,22 @@ class Aggregator:
         snapshot = self._snapshot
         self._dirty = {k: g for k, g in self._dirty.items() if g > snapshot}
 
-    def restore(self, key: StateKey, data: bytes) -> bool:
+    def restore(self, key: StateKey, data: bytes, *, rewrite: bool = False) -> bool:
         """Load one durable state (from the table) into memory; False, ignored, if its rollup
-        is no longer defined. Raises ValueError on bytes that are not a state."""
+        is no longer defined. Raises ValueError on bytes that are not a state.
+
+        *rewrite*: one durable copy of the state is older than this one (a crash between the
+        writes of a flush), so it is marked dirty and the next flush writes it everywhere.
+        """
         if key.rollup not in self._by_name:
             return False
         state = PartialState.from_bytes(data)
         self._states[key] = state
-        self._dirty.pop(key, None)
+        if rewrite:
+            self._generation += 1
+            self._dirty[key] = self._generation
+        else:
+            self._dirty.pop(key, None)
         if state.watermark_ms > self._watermarks.get(key.partition, NO_WATERMARK):
             self._watermarks[key.partition] = state.watermark_ms
         return True

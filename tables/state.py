@@ -210,3 +210,38 @@ def merge_partials(
             uniques=uniques,
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """One partial to load after a crash or rebalance: the newer durable copy of its state."""
+
+    key: StateKey
+    data: bytes
+    rewrite: bool  # the query copy is older (or missing): write it again at the next flush
+
+
+def restore_plan(
+    table: Iterable[tuple[StateKey, bytes]], queried: Iterable[tuple[StateKey, bytes]]
+) -> list[Restored]:
+    """Pick, per key, the newer of its two durable copies (the higher applied_through).
+
+    A flush writes the table (changelog) first, then the copy queries read (the ClickHouse
+    rollup tables); a crash between the two leaves the queried copy behind. Its events are
+    then skipped by the replay as already applied, so that copy would stay behind forever
+    unless it is marked for rewriting. A table copy that is older (a changelog recovery that
+    stopped short) is simply replaced by the queried one.
+    """
+    newest: dict[StateKey, tuple[tuple[int, int], bytes]] = {}
+    for key, data in table:
+        newest[key] = (PartialState.from_bytes(data).applied_through, data)
+    in_queried: dict[StateKey, tuple[int, int]] = {}
+    for key, data in queried:
+        through = PartialState.from_bytes(data).applied_through
+        in_queried[key] = through
+        if key not in newest or through > newest[key][0]:
+            newest[key] = (through, data)
+    return [
+        Restored(key, data, rewrite=key not in in_queried or in_queried[key] < through)
+        for key, (through, data) in newest.items()
+    ]

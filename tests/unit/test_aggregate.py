@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from tables import hll
 from tables.aggregate import Aggregator, ApplyResult
 from tables.columns import NUMBER_PATTERN
 from tables.rollups import DEFAULT_ROLLUPS, RollupSpec
-from tables.state import NO_WATERMARK, PartialState, StateKey, merge_partials
+from tables.state import NO_WATERMARK, PartialState, StateKey, merge_partials, restore_plan
 
 T0 = 1_796_116_500_000 - 1_796_116_500_000 % 3_600_000  # an hour boundary
 MIN = 60_000
@@ -310,6 +311,25 @@ def test_state_bytes_round_trip_and_restore_continues_exactly() -> None:
     assert_same(restored.states(), brute_force(SPECS, events))
 
 
+def test_restore_takes_the_newer_copy_and_rewrites_a_stale_queried_copy() -> None:
+    """A crash between a flush's table write and its ClickHouse write, and the reverse case."""
+    a, b, c = (StateKey(0, "r", 60_000, (name,)) for name in ("a", "b", "c"))
+
+    def at(offset: int, count: int) -> bytes:
+        return PartialState(count=count, applied_through=(offset, 0)).to_bytes()
+
+    table = [(a, at(9, 5)), (b, at(3, 2)), (c, at(4, 1))]
+    queried = [(a, at(7, 4)), (b, at(8, 6))]  # a: behind the table; b: ahead; c: missing
+    plan = {item.key: item for item in restore_plan(table, queried)}
+    assert (plan[a].data, plan[a].rewrite) == (at(9, 5), True)
+    assert (plan[b].data, plan[b].rewrite) == (at(8, 6), False)
+    assert (plan[c].data, plan[c].rewrite) == (at(4, 1), True)
+    agg = Aggregator((RollupSpec(name="r"),))
+    for item in plan.values():
+        agg.restore(item.key, item.data, rewrite=item.rewrite)
+    assert set(agg.dirty()) == {a, c}
+
+
 def test_bad_state_bytes_and_keys_are_refused() -> None:
     state = PartialState(count=3, sum_micros={"price": 5}, sketch=hll.new(12))
     data = state.to_bytes()
@@ -445,12 +465,14 @@ def scenario(draw: st.DrawFn) -> tuple[list[list[CleanEvent]], list[CleanEvent],
 
 
 class Worker:
-    """A model of the lead's agent: an Aggregator, a durable table, committed offsets."""
+    """A model of the aggregate agent: an Aggregator, its two durable copies (the table's
+    changelog, then the rollup table queries read, written in that order), committed offsets."""
 
     def __init__(self, specs: tuple[RollupSpec, ...], logs: list[list[CleanEvent]],
                  rng: random.Random) -> None:
         self.specs, self.logs, self.rng = specs, logs, rng
         self.table: dict[str, bytes] = {}
+        self.queried: dict[str, bytes] = {}
         self.cursor = [0] * len(logs)
         self.committed = [0] * len(logs)
         self.agg = Aggregator(specs)
@@ -472,30 +494,37 @@ class Worker:
 
     def flush(self, concurrent_read: tuple[int, int] | None = None) -> None:
         consumed = list(self.cursor)
-        for key, state in self.agg.dirty().items():
-            self.table[key.to_str()] = state.to_bytes()
+        dirty = {key.to_str(): state.to_bytes() for key, state in self.agg.dirty().items()}
+        self.table.update(dirty)
         if concurrent_read is not None:  # a block applied while the writes are in flight
             self.read(*concurrent_read)
+        self.queried.update(dirty)
         self.agg.mark_flushed()
         self.committed = consumed
 
     def crash(self, mid_flush: bool) -> None:
-        if mid_flush:  # some of the dirty keys reached the table before the crash
-            for key, state in self.agg.dirty().items():
-                if self.rng.random() < 0.5:
-                    self.table[key.to_str()] = state.to_bytes()
+        if mid_flush:  # some dirty keys reached the table; if all did, some the queried copy
+            dirty = [(key.to_str(), state.to_bytes()) for key, state in self.agg.dirty().items()]
+            reached = [item for item in dirty if self.rng.random() < 0.5]
+            self.table.update(reached)
+            if len(reached) == len(dirty):
+                self.queried.update(item for item in dirty if self.rng.random() < 0.5)
         self.agg = Aggregator(self.specs)
-        for text, data in self.table.items():
-            self.agg.restore(StateKey.parse(text), data)
+        self._restore(lambda key: True)
         self.cursor = [self.rng.randint(0, c) for c in self.committed]
 
     def revoke(self, p: int) -> None:
         self.agg.drop_partition(p)
-        for key, data in self.table.items():
-            parsed = StateKey.parse(key)
-            if parsed.partition == p:
-                self.agg.restore(parsed, data)
+        self._restore(lambda key: key.partition == p)
         self.cursor[p] = self.rng.randint(0, self.committed[p])
+
+    def _restore(self, wanted: Callable[[StateKey], bool]) -> None:
+        def copies(store: dict[str, bytes]) -> list[tuple[StateKey, bytes]]:
+            return [(key, data) for key, data in ((StateKey.parse(t), d) for t, d in store.items())
+                    if wanted(key)]
+
+        for item in restore_plan(copies(self.table), copies(self.queried)):
+            self.agg.restore(item.key, item.data, rewrite=item.rewrite)
 
     def run(self, steps: list[Step]) -> None:
         for action, p, k in steps:
@@ -513,6 +542,10 @@ class Worker:
                 self.revoke(p)
         for p in range(len(self.logs)):  # then consume the rest
             self.read(p, len(self.logs[p]))
+        self.flush()
+
+    def queried_states(self) -> dict[StateKey, PartialState]:
+        return {StateKey.parse(t): PartialState.from_bytes(d) for t, d in self.queried.items()}
 
 
 def _interleave(a: list[CleanEvent], b: list[CleanEvent], rng: random.Random) -> list[CleanEvent]:
@@ -542,6 +575,8 @@ def check_exact(specs: tuple[RollupSpec, ...], data: tuple, seed: int, late_spli
     worker.run(steps)
     expected = brute_force(specs, distinct)
     assert_same(worker.agg.states(), expected, late_split=late_split)
+    # What queries read (the rollup tables) after the last flush: the same states.
+    assert_same(worker.queried_states(), expected, late_split=late_split)
     merged = merge_partials(sorted(worker.agg.states().items()))
     want = merge_partials(sorted((k, PartialState(e.count, e.late, e.sum_micros, e.sum_errors, e.sketch))
                                  for k, e in expected.items()))
