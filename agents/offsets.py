@@ -79,8 +79,12 @@ class OffsetKeeper:
         self.counters.redelivered += counts[Admission.DUPLICATE]
         return [e for e, ok in zip(events, flags, strict=True) if ok], receipt
 
-    def done(self, receipt: Receipt) -> None:
+    async def done(self, stream: faust.StreamT, taken: Sequence[faust.EventT], receipt: Receipt) -> None:
+        """Every effect of the batch is durable: its offsets may be committed, and every event
+        taken (admitted or dropped) is released to Faust."""
         self.ledger.done(receipt)
+        for event in taken:
+            await stream.ack(event)
 
     # -- wiring ------------------------------------------------------------------------------
 

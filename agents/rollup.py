@@ -179,11 +179,9 @@ def install(app: faust.App, deps: RollupDeps, offsets: OffsetKeeper) -> None:
             counters.last_flush_at = time.time()
             flushed = held[:n_held]
             del held[:n_held]
-            for taken, receipt in flushed:
-                offsets.done(receipt)
-                if stream_ref:
-                    for event in taken:
-                        await stream_ref[0].ack(event)
+            if stream_ref:
+                for taken, receipt in flushed:
+                    await offsets.done(stream_ref[0], taken, receipt)
 
     @app.agent(clean, name="aggregate")
     async def aggregate(stream: faust.StreamT) -> None:

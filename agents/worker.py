@@ -213,9 +213,7 @@ def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
                 counters.read += len(events)
                 counters.clean += n_clean
                 counters.dead += n_dead
-            offsets.done(receipt)
-            for event in taken:
-                await stream.ack(event)
+            await offsets.done(stream, taken, receipt)
 
     @app.agent(clean, name="sink")
     async def sink(stream: faust.StreamT) -> None:
@@ -230,9 +228,7 @@ def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
                 block = pa.concat_tables(blocks)
                 await _retry_forever("clickhouse", lambda: deps.events_writer.write(block), deps)
                 counters.inserted += block.num_rows
-            offsets.done(receipt)
-            for event in taken:
-                await stream.ack(event)
+            await offsets.done(stream, taken, receipt)
 
     if deps.dlq_writer is not None:
         dead_topic = bytes_topic(app, deps.dlq_topic)
@@ -253,9 +249,7 @@ def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
                         for e, h in zip(events, parsed, strict=True)
                     ]
                     await _retry_forever("clickhouse", lambda: dlq_writer.write(rows), deps)
-                offsets.done(receipt)
-                for event in taken:
-                    await stream.ack(event)
+                await offsets.done(stream, taken, receipt)
 
         _ = dead_letters
 
