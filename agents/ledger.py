@@ -84,9 +84,6 @@ class OffsetLedger:
     def topics(self) -> frozenset[str]:
         return frozenset(self._readers)
 
-    def readers_of(self, topic: str) -> tuple[str, ...]:
-        return self._readers.get(topic, ())
-
     # -- assignment ------------------------------------------------------------------------
 
     def anchor(self, tp: Hashable, committed: int, now: float) -> None:
@@ -204,10 +201,3 @@ class OffsetLedger:
         part = self._parts.get(tp)
         if part is not None:
             part.last_event_at = now
-
-    def position(self, tp: Hashable) -> dict[str, tuple[int, int]] | None:
-        """Each reader's (next, durable) for *tp*, for health reports and tests."""
-        part = self._parts.get(tp)
-        if part is None:
-            return None
-        return {name: (r.next, r.durable) for name, r in part.readers.items()}
