@@ -1,7 +1,9 @@
 """The stream agents: wiring only. Each reads a batch, calls the pure stages, writes, then acks.
 
-validate: events.raw -> (registry lookup, cached) -> Validator -> events.clean | events.dlq
-sink:     events.clean (Arrow blocks) -> one concatenated block -> ClickHouse events table
+validate:     events.raw -> (registry lookup, cached) -> Validator -> events.clean | events.dlq
+              (events.clean partitioned by event_id: every copy of an event meets the others)
+store:        events.clean -> dedup -> events table + rollups (agents/store.py)
+dead_letters: events.dlq -> the queryable `dlq` table
 
 Each agent admits its batch through the offset keeper (agents/offsets.py), which drops
 redeliveries and out-of-order deliveries, and reports the batch done only after every effect
@@ -24,7 +26,6 @@ from typing import Any
 
 import faust
 import orjson
-import pyarrow as pa
 import structlog
 
 from agents import dlq
@@ -32,11 +33,12 @@ from agents.codec import FramingError, Kind, decode, split_frame
 from agents.offsets import OffsetKeeper, bytes_topic
 from agents.pii import Redactor
 from agents.records import CleanEvent, Invalid, SourceMeta
-from agents.sink import BlockWriter, RowsWriter, decode_block, encode_blocks
+from agents.sink import RowsWriter, encode_blocks
 from agents.validate import Validator
 from app.exceptions import ServiceUnavailable
 from app.retry import retry_forever
 from app.schema_registry import SchemaCache
+from tables.dedup import event_partition
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +51,6 @@ class Counters:
     read: int = 0
     clean: int = 0
     dead: int = 0
-    inserted: int = 0
     by_reason: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     redactions: Counter[str] = field(default_factory=Counter)
 
@@ -61,10 +62,10 @@ class WorkerDeps:
     validator: Validator
     redactor: Redactor
     schemas: SchemaCache
-    events_writer: BlockWriter
     raw_topic: str
     clean_topic: str
     dlq_topic: str
+    clean_partitions: int  # events.clean's partition count: clean events go by event_id
     take_max: int
     take_within_s: float
     retry_initial_s: float = 0.2
@@ -119,10 +120,10 @@ def validate_batch(
                         first_failed_at_ms=redrive.first_failed_at_ms)
                 for inv in result.invalid
             ]
-        redacted = clean_by_partition[msg.partition]
         for valid in result.clean:
             clean_event, counts = deps.redactor.redact_event(valid)
-            redacted.append(clean_event)
+            clean_by_partition[event_partition(clean_event["event_id"], deps.clean_partitions)].append(
+                clean_event)
             if counts:
                 deps.counters.redactions.update(counts)
         dead.extend(result.invalid)
@@ -137,20 +138,6 @@ def validate_batch(
             )
     records.extend(dead_letter_records(dead, deps, now_ms))
     return records, n_clean, len(dead)
-
-
-def decode_clean(events: Sequence[faust.EventT]) -> tuple[list[pa.Table], list[Invalid]]:
-    """Arrow blocks of the clean messages; a message that does not decode becomes an Invalid."""
-    blocks: list[pa.Table] = []
-    bad: list[Invalid] = []
-    for event in events:
-        msg = event.message
-        try:
-            blocks.append(decode_block(msg.value))
-        except ValueError as exc:
-            meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
-            bad.append(Invalid("sink", "BadCleanBlock", str(exc), meta, msg.value, msg.key))
-    return blocks, bad
 
 
 def dead_letter_records(invalid: Sequence[Invalid], deps: WorkerDeps, now_ms: int) -> list[dict[str, Any]]:
@@ -185,11 +172,11 @@ def letter_preview(value: bytes, headers: dict[str, str], deps: WorkerDeps) -> s
     return deps.redactor.redact_text(text)[0]
 
 
-def readers(deps: WorkerDeps, rollups: bool) -> dict[str, list[str]]:
+def readers(deps: WorkerDeps) -> dict[str, list[str]]:
     """Which agents read which topic: a partition is committed once all of them are done."""
     return {
         deps.raw_topic: ["validate"],
-        deps.clean_topic: ["sink", "aggregate"] if rollups else ["sink"],
+        deps.clean_topic: ["store"],
         deps.dlq_topic: ["dead_letters"] if deps.dlq_writer is not None else [],
     }
 
@@ -197,7 +184,6 @@ def readers(deps: WorkerDeps, rollups: bool) -> dict[str, list[str]]:
 def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
     """Declare the topics and agents on *app*."""
     raw = bytes_topic(app, deps.raw_topic)
-    clean = bytes_topic(app, deps.clean_topic)
     counters = deps.counters
 
     @app.agent(raw, name="validate")
@@ -213,21 +199,6 @@ def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
                 counters.read += len(events)
                 counters.clean += n_clean
                 counters.dead += n_dead
-            await offsets.done(stream, taken, receipt)
-
-    @app.agent(clean, name="sink")
-    async def sink(stream: faust.StreamT) -> None:
-        async for taken in stream.noack_take(deps.take_max, within=deps.take_within_s):
-            events, receipt = offsets.admit("sink", taken)
-            blocks, bad = decode_clean(events)
-            if bad:
-                records = dead_letter_records(bad, deps, int(time.time() * 1000))
-                await _retry_forever("produce", lambda: _produce_all(app, records), deps)
-                counters.dead += len(bad)
-            if blocks:
-                block = pa.concat_tables(blocks)
-                await _retry_forever("clickhouse", lambda: deps.events_writer.write(block), deps)
-                counters.inserted += block.num_rows
             await offsets.done(stream, taken, receipt)
 
     if deps.dlq_writer is not None:
@@ -260,11 +231,10 @@ def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
             raw_messages=counters.read,
             clean_events=counters.clean,
             dead_letters=counters.dead,
-            inserted_rows=counters.inserted,
         )
 
     @app.on_before_shutdown.connect
     async def close_clients(app: faust.App, **kwargs: Any) -> None:
         await deps.schemas.close()
 
-    _ = (validate, sink, report, close_clients)
+    _ = (validate, report, close_clients)

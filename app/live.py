@@ -5,7 +5,9 @@
 - events in the current minute, and the top events over the last 5 minutes, from its counts.
 
 Minute windows are aligned to the clock, so "the last minute" is the current minute window and
-the one before it (up to two minutes of events). Freshness is the worker's flush interval plus
+the one before it (up to two minutes of events); windows after the current minute (clients
+with clocks ahead) are not "now". The SQL views `live_now` and `top_events_now` use the very
+same windows over the raw events, so both give the same figures (uniques within HLL error). Freshness is the worker's flush interval plus
 the insert: about 1-2 s behind the collector.
 """
 
@@ -48,6 +50,7 @@ def live(client: Client, spec: RollupSpec) -> Live:
         "SELECT dateDiff('minute', window_start, toStartOfMinute(now())) AS age, `event_name`,"
         f" sum(count), groupArray(base64Encode(sketch)) FROM `{table}` FINAL"
         " WHERE window_start >= toStartOfMinute(now()) - INTERVAL {n:UInt32} MINUTE"
+        " AND window_start <= toStartOfMinute(now())"
         " GROUP BY age, `event_name`",
         parameters={"n": max(PERIODS_MIN)},
     ).result_rows
@@ -61,5 +64,5 @@ def live(client: Client, spec: RollupSpec) -> Live:
     for age, name, count, _ in rows:
         if age <= 5:
             totals[name] = totals.get(name, 0) + int(count)
-    top = [{"event_name": n, "count": c} for n, c in sorted(totals.items(), key=lambda x: -x[1])[:10]]
+    top = [{"event_name": n, "count": c} for n, c in sorted(totals.items(), key=lambda x: (-x[1], x[0]))[:10]]
     return Live(active, this_minute, top, str(as_of))

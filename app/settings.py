@@ -91,6 +91,9 @@ class WorkerSettings(BaseModel):
     take_within_s: float = 0.2
     sink_block_rows: int = 50_000
     sink_flush_s: float = 1.0
+    # How long the store agent remembers an event_id to drop later copies (client retries,
+    # the same event over two paths) before they reach ClickHouse; 24 bytes an id in memory.
+    dedup_horizon_s: int = Field(default=3600, ge=1)
     # Backoff for infrastructure failures (registry or ClickHouse unreachable).
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
@@ -137,8 +140,11 @@ class AggregateSettings(BaseModel):
     """Real-time rollups (see tables/rollups.py for the fields of a rollup definition)."""
 
     enabled: bool = True
-    # Changed partials are written to the table and ClickHouse this often, not per event.
+    # Changed partials are upserted into their rollup tables this often, not per event.
     flush_interval_s: float = Field(default=0.5, gt=0)
+    # How often closed, idle windows are evicted from memory (they are loaded back if a late
+    # event needs them); a window stays at least this long after its last change.
+    evict_interval_s: float = Field(default=10.0, gt=0)
     rollups: list[RollupSpec] = list(DEFAULT_ROLLUPS)
 
 

@@ -1,18 +1,26 @@
 """`rearview verify`: rollups against a GROUP BY over the deduplicated raw events.
 
-For every configured rollup and window, the rollup's ``count + late`` (summed over source
-partitions) must equal the number of distinct raw events in that window and dimension cell.
-``late`` events (beyond the allowed lateness) are stored raw but not applied to the rollup;
-their windows are listed as windows to repair (by replay). Uniques are HLL estimates: their
-error against ``uniqExact`` is reported, not counted as a difference.
+For every configured rollup and cell (window, dimension values), the rollup's count (summed
+over partitions) must equal the number of distinct raw events in that cell. A cell is:
+
+- **exact** when both agree;
+- **incomplete** when the rollup has fewer: events not applied yet (the worker is behind, or
+  a window was lost and must be rebuilt by replay). The report says how many each window misses;
+- **differs** when the rollup has more, or counts a cell with no raw event: a bug (an event
+  counted twice).
+
+The verdict of a run is the worst of its cells: ``exact`` (exit 0), ``incomplete`` (exit 2),
+``differs`` (exit 1). Unique users are HLL estimates: their error against ``uniqExact`` is
+reported only for cells whose merged sketch is in estimation mode (below that the sketch holds
+the distinct hashes, and the count is exact).
 """
 
 from __future__ import annotations
 
 import base64
-
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from clickhouse_connect.driver.client import Client
 
@@ -21,6 +29,8 @@ from tables.rollup_tables import table_name
 from tables.rollups import RollupSpec
 
 Cell = tuple[datetime, tuple[str, ...]]
+Verdict = Literal["exact", "incomplete", "differs"]
+EXIT_CODES: dict[Verdict, int] = {"exact": 0, "differs": 1, "incomplete": 2}
 
 
 @dataclass(frozen=True)
@@ -31,14 +41,39 @@ class Difference:
     rollup_count: int
     raw_count: int
 
+    @property
+    def missing(self) -> int:
+        return max(0, self.raw_count - self.rollup_count)
+
 
 @dataclass
 class RollupReport:
     rollup: str
     cells: int = 0
-    differences: list[Difference] = field(default_factory=list)
-    late_windows: list[tuple[datetime, tuple[str, ...], int]] = field(default_factory=list)
-    max_uniques_error: float | None = None
+    raw_events: int = 0
+    rollup_events: int = 0
+    missing: list[Difference] = field(default_factory=list)  # rollup below raw
+    excess: list[Difference] = field(default_factory=list)  # rollup above raw
+    estimating_cells: int = 0
+    max_uniques_error: float | None = None  # over estimating cells only
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.excess:
+            return "differs"
+        return "incomplete" if self.missing else "exact"
+
+    @property
+    def missing_events(self) -> int:
+        return sum(d.missing for d in self.missing)
+
+
+def overall(reports: list[RollupReport]) -> Verdict:
+    verdicts = {r.verdict for r in reports}
+    for worst in ("differs", "incomplete"):
+        if worst in verdicts:
+            return worst  # type: ignore[return-value]
+    return "exact"
 
 
 def _window_expr(spec: RollupSpec) -> str:
@@ -59,15 +94,15 @@ def verify_rollup(client: Client, spec: RollupSpec) -> RollupReport:
     # Sketches are binary: base64 keeps them intact through the client's String decoding.
     sketch = ", groupArray(base64Encode(sketch))" if spec.uniques else ""
     rollup_rows = client.query(
-        f"SELECT window_start, {dims}, sum(count), sum(late){sketch}"
+        f"SELECT window_start, {dims}, sum(count){sketch}"
         f" FROM `{table_name(spec)}` FINAL GROUP BY window_start, {dims}"
     ).result_rows
     n = len(spec.dimensions)
-    rollups: dict[Cell, tuple[int, int, list[bytes]]] = {}
+    rollups: dict[Cell, tuple[int, list[bytes]]] = {}
     for row in rollup_rows:
         cell = (row[0], tuple(str(v) for v in row[1 : 1 + n]))
-        sketches = [base64.b64decode(b) for b in row[3 + n] if b] if spec.uniques else []
-        rollups[cell] = (int(row[1 + n]), int(row[2 + n]), sketches)
+        sketches = [base64.b64decode(b) for b in row[2 + n] if b] if spec.uniques else []
+        rollups[cell] = (int(row[1 + n]), sketches)
     raw_dims = ", ".join(_raw_dims(spec))
     uniq = ", uniqExact(user_id)" if spec.uniques else ""
     raw_rows = client.query(
@@ -78,20 +113,23 @@ def verify_rollup(client: Client, spec: RollupSpec) -> RollupReport:
     for row in raw_rows:
         cell = (row[0], tuple(str(v) for v in row[1 : 1 + n]))
         raw[cell] = (int(row[1 + n]), int(row[2 + n]) if spec.uniques else 0)
-    worst = 0.0
+    worst = None
     for cell in sorted(set(rollups) | set(raw)):
-        count, late, sketches = rollups.get(cell, (0, 0, []))
+        count, sketches = rollups.get(cell, (0, []))
         raw_count, exact_users = raw.get(cell, (0, 0))
         report.cells += 1
-        if count + late != raw_count:
-            report.differences.append(Difference(spec.name, cell[0], cell[1], count + late, raw_count))
-        if late:
-            report.late_windows.append((cell[0], cell[1], late))
-        elif spec.uniques and exact_users and sketches:
-            estimate = hll.merge(sketches, spec.lg_k)
-            worst = max(worst, abs(estimate - exact_users) / exact_users)
-    if spec.uniques:
-        report.max_uniques_error = worst
+        report.raw_events += raw_count
+        report.rollup_events += count
+        if count != raw_count:
+            diff = Difference(spec.name, cell[0], cell[1], count, raw_count)
+            (report.missing if count < raw_count else report.excess).append(diff)
+        if spec.uniques and exact_users and sketches:
+            union = hll.union((hll.from_bytes(s) for s in sketches), spec.lg_k)
+            if hll.estimating(union):
+                report.estimating_cells += 1
+                error = abs(hll.estimate(union) - exact_users) / exact_users
+                worst = error if worst is None else max(worst, error)
+    report.max_uniques_error = worst
     return report
 
 

@@ -1,9 +1,10 @@
-"""`rearview worker`: the Faust worker running the validate and sink agents."""
+"""`rearview worker`: the Faust worker running the validate, store and dead-letter agents."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 
 import faust
 import structlog
@@ -13,17 +14,21 @@ from agents.ledger import OffsetLedger
 from agents.offsets import OffsetCounters, OffsetKeeper
 from agents.pii import Redactor
 from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
-from agents.rollup import RollupDeps, RollupWriter
-from agents.rollup import install as install_rollups
-from agents.sink import EventsWriter, RowsWriter
+from agents.records import Invalid
+from agents.rollup import RollupWriter
+from agents.sink import ClickHouseCalls, EventsWriter, RowsWriter
+from agents.store import FirstCopies, StoreDeps
+from agents.store import install as install_store
 from agents.validate import Validator
-from agents.worker import WorkerDeps, install, readers
+from agents.worker import WorkerDeps, _produce_all, dead_letter_records, install, readers
 from app import clickhouse
 from app.faust_app import create_app
 from app.metrics import CONTENT_TYPE, Metric, render
+from app.retry import retry_forever
 from app.schema_registry import SchemaCache
 from app.settings import Settings
 from tables.aggregate import Aggregator
+from tables.dedup import Deduper
 
 log = structlog.get_logger(__name__)
 
@@ -42,59 +47,69 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         redactor=Redactor(redaction_config(settings)),
         schemas=SchemaCache(settings.registry.url, w.retry_initial_s, w.retry_max_s,
                             topic=topics.raw, reader_ttl_s=settings.registry.reader_ttl_s),
-        events_writer=EventsWriter(ch_client),
         dlq_writer=RowsWriter(ch_client, "dlq"),
         raw_topic=topics.raw,
         clean_topic=topics.clean,
         dlq_topic=topics.dlq,
+        clean_partitions=topics.partitions,
         take_max=w.take_max,
         take_within_s=w.take_within_s,
         retry_initial_s=w.retry_initial_s,
         retry_max_s=w.retry_max_s,
     )
     app = create_app(settings, web_host, web_port)
-    with_rollups = bool(settings.aggregate.enabled and settings.aggregate.rollups)
-    offsets = OffsetKeeper(app, OffsetLedger(readers(deps, with_rollups)),
-                           settings.kafka.bootstrap_servers,
+    offsets = OffsetKeeper(app, OffsetLedger(readers(deps)), settings.kafka.bootstrap_servers,
                            retry_initial_s=w.retry_initial_s, retry_max_s=w.retry_max_s)
     install(app, deps, offsets)
-    rollups = None
-    if with_rollups:
-        specs = tuple(settings.aggregate.rollups)
-        rollups = RollupDeps(
-            aggregator=Aggregator(specs),
-            writer=RollupWriter(ch_client, specs),
-            clean_topic=topics.clean,
-            partitions=settings.kafka.topics.partitions,
-            take_max=w.take_max,
-            take_within_s=w.take_within_s,
-            flush_interval_s=settings.aggregate.flush_interval_s,
-            retry_initial_s=w.retry_initial_s,
-            retry_max_s=w.retry_max_s,
-        )
-        install_rollups(app, rollups, offsets)
+
+    async def dead_letter(invalid: list[Invalid]) -> None:
+        records = dead_letter_records(invalid, deps, int(time.time() * 1000))
+        await retry_forever("produce", lambda: _produce_all(app, records), w.retry_initial_s, w.retry_max_s)
+        deps.counters.dead += len(invalid)
+
+    with_rollups = bool(settings.aggregate.enabled and settings.aggregate.rollups)
+    specs = tuple(settings.aggregate.rollups)
+    store = StoreDeps(
+        deduper=Deduper(w.dedup_horizon_s * 1000),
+        first_copies=FirstCopies(ClickHouseCalls(ch_client), topics.partitions, w.dedup_horizon_s),
+        events_writer=EventsWriter(ch_client),
+        aggregator=Aggregator(specs) if with_rollups else None,
+        rollups=RollupWriter(ch_client, specs) if with_rollups else None,
+        clean_topic=topics.clean,
+        take_max=w.take_max,
+        take_within_s=w.take_within_s,
+        flush_interval_s=settings.aggregate.flush_interval_s,
+        evict_interval_s=settings.aggregate.evict_interval_s,
+        dead_letter=dead_letter,
+        retry_initial_s=w.retry_initial_s,
+        retry_max_s=w.retry_max_s,
+    )
+    install_store(app, store, offsets)
     offsets.install()
 
     @app.page("/health")
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        c = deps.counters
+        c, st = deps.counters, store.counters
         body: dict[str, object] = {
             "status": "ok", "raw_messages": c.read, "clean_events": c.clean,
-            "dead_letters": c.dead, "inserted_rows": c.inserted,
+            "dead_letters": c.dead, "inserted_rows": st.inserted,
+            "dedup": {"duplicates_dropped": st.duplicates, "already_stored": st.already_stored,
+                      "ids_remembered": store.deduper.entries(),
+                      "memory_bytes": store.deduper.nbytes()},
             "offsets": {"commits": offsets.counters.commits, "seeks_back": offsets.counters.reseeks,
                         "out_of_order_dropped": offsets.counters.out_of_order,
                         "redelivered_dropped": offsets.counters.redelivered},
         }
-        if rollups is not None:
-            r = rollups.counters
-            body["rollups"] = {"applied": r.applied, "skipped_redelivered": r.skipped,
-                               "late_events": r.late, "flushes": r.flushes,
-                               "partials_written": r.keys_written}
+        if store.aggregator is not None:
+            body["rollups"] = {"applied": st.applied, "skipped_redelivered": st.skipped,
+                               "states_in_memory": len(store.aggregator.states()),
+                               "states_loaded": st.states_loaded, "states_evicted": st.states_evicted,
+                               "flushes": st.flushes, "partials_written": st.keys_written}
         return web.json(body)
 
     @app.page("/metrics")
     async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.text(render(worker_metrics(deps, rollups, offsets.counters)), content_type=CONTENT_TYPE)
+        return web.text(render(worker_metrics(deps, store, offsets.counters)), content_type=CONTENT_TYPE)
 
     return app, deps
 
@@ -124,7 +139,7 @@ def redaction_config(settings: Settings) -> RedactionConfig:
     )
 
 
-def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None, offsets: OffsetCounters) -> list[Metric]:
+def worker_metrics(deps: WorkerDeps, store: StoreDeps, offsets: OffsetCounters) -> list[Metric]:
     c = deps.counters
     dead = Metric("rearview_dead_letters_total", "Dead letters written, by stage and error class.")
     for key, n in sorted(c.by_reason.items()):
@@ -134,7 +149,11 @@ def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None, offsets: Offset
         Metric("rearview_raw_messages_total", "Messages read from the raw topic.").add(c.read),
         Metric("rearview_events_validated_total", "Events that passed validation.").add(c.clean),
         dead,
-        Metric("rearview_rows_inserted_total", "Rows inserted into the events table.").add(c.inserted),
+        Metric("rearview_rows_inserted_total", "Rows inserted into the events table.").add(store.counters.inserted),
+        Metric("rearview_duplicates_dropped_total",
+               "Copies of an already seen event_id dropped by the dedup stage.").add(store.counters.duplicates),
+        Metric("rearview_dedup_ids", "Event ids remembered by the dedup stage (its horizon).")
+        .add(store.deduper.entries()),
     ]
     redactions = Metric("rearview_redactions_total", "PII redactions in clean events, by detector.")
     for detector, n in sorted(c.redactions.items()):
@@ -150,15 +169,17 @@ def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None, offsets: Offset
         Metric("rearview_deliveries_redelivered_total",
                "Deliveries dropped because the agent already had them.").add(offsets.redelivered),
     ]
-    if rollups is not None:
-        r = rollups.counters
+    if store.aggregator is not None:
+        r = store.counters
         out += [
             Metric("rearview_rollup_events_applied_total",
                    "Event x rollup applications to windowed partials.").add(r.applied),
             Metric("rearview_rollup_redelivered_skipped_total",
                    "Event x rollup applications skipped as redeliveries.").add(r.skipped),
-            Metric("rearview_late_events_total",
-                   "Event x rollup arrivals beyond the allowed lateness (stored raw, not rolled up).").add(r.late),
+            Metric("rearview_rollup_states_loaded_total",
+                   "Evicted window states loaded back for late events.").add(r.states_loaded),
+            Metric("rearview_rollup_states_in_memory", "Window states held in memory.")
+            .add(len(store.aggregator.states())),
             Metric("rearview_rollup_flushes_total", "Completed rollup flushes.").add(r.flushes),
         ]
     return out

@@ -1,40 +1,38 @@
 """The aggregate stage as a pure object: Arrow blocks of clean events in, windowed partials out.
 
-No Kafka, no Faust, no clock. The agent that wires it (lead's code) does, per take:
-``result = agg.apply(block)`` for each events.clean block; on a ~1 s timer
-``for key, state in agg.dirty().items(): table[key.to_str()] = state.to_bytes()``, upserts the
-same rows into ClickHouse, waits until both are durable, then ``agg.mark_flushed()`` and acks
-the events consumed before the ``dirty()`` call. On partition assignment, after the table
-recovered, ``agg.restore(StateKey.parse(k), v)`` for EVERY stored key of the partition before
-its first block (the partition watermark is rebuilt from them); on revoke, ``drop_partition``.
-Write each key to the changelog partition ``key.partition`` (the source partition), so that
-recovering a partition brings back exactly its keys. `apply` raises ValueError for a malformed
-block before changing anything; if it raises later (only a `load` callback can), treat it as
-a crash of that partition: `drop_partition`, restore, replay from the committed offset.
+No Kafka, no Faust, no clock. The store agent (agents/store.py) wires it: per events.clean
+message it calls ``apply(block, partition, offset, index)`` with the rows the dedup stage kept
+(``index``: their row numbers in the message); every ~0.5 s it upserts ``dirty()`` into the
+rollup tables, then ``mark_flushed()``, ``evict()``, and only then reports the messages done.
+When ``apply`` raises `MissingStates`, the states it names are stored but not in memory
+(evicted windows that received an event): the agent loads them (``load_stored``) and calls
+``apply`` again. `apply` raises ValueError for a malformed block; both exceptions are raised
+before anything changes.
 
-State is kept per source partition (`StateKey.partition` is the ``_partition`` column) and
-merged at query time, so one partition's redelivery never touches another's state.
+State is kept per events.clean partition (`StateKey.partition`) and merged at query time.
+events.clean is partitioned by event_id, so each partition is consumed by one worker, in
+order, and every copy of an event meets the others there (see tables/dedup.py).
 
 Exactness under at-least-once delivery
 --------------------------------------
-A row's position is (``_offset``, ``_index``) within its ``_partition``. Every key K carries
-``applied_through`` = the highest position applied to K, and a row is applied to K only if its
-position is above it (then ``applied_through`` becomes that position). Applying or skipping
-happens per key, so a row can be skipped for one rollup and applied for another.
+A row's position is (events.clean offset, row index in the message) within its partition.
+Every key K carries ``applied_through`` = the highest position applied to K, and a row is
+applied to K only if its position is above it (then ``applied_through`` becomes that
+position). Applying or skipping happens per key, so a row can be skipped for one rollup and
+applied for another.
 
-Input assumption (what Kafka and the validate stage give): per source partition, events.clean
-is a sequence of runs of strictly increasing positions; a run may restart lower (validate
-re-produced after its own redelivery), but never skips: whenever a position p is delivered,
-every clean row below the highest position delivered so far has been delivered before.
-Call that "prefix-closed"; events.clean has it because validate produces in raw order and
-restarts only from its committed raw offset. (What would break it: a producer reordering
-records of one partition on retries, or a zombie validate worker still producing for a
-partition that has already moved to another worker.)
+Input assumption: per partition, the rows are delivered as runs of strictly increasing
+positions, each run starting at or before the committed offset, never skipping a message
+(the offset keeper in agents/offsets.py admits offsets strictly in order from the committed
+one). Call that "prefix-closed": whenever a position p is delivered, every position below the
+highest one delivered so far has been delivered before. Rows the dedup stage drops are never
+given to `apply`, and it drops the same rows on every delivery (its verdict is a function of
+the log), so the applied rows are prefix-closed too.
 
 Claim: after any sequence of crashes (in-memory state lost, every key restored from its last
-flushed bytes, consumption restarting at any events.clean offset at or before the last commit,
-commit = offsets consumed before a completed flush), each key holds exactly the distinct rows
-of its (rollup, window, dims), each applied once, in increasing position order. Argument:
+flushed bytes, consumption restarting at any offset at or before the last commit, commit =
+offsets consumed before a completed flush), each key holds exactly the distinct rows of its
+(rollup, window, dims), each applied once. Argument:
 1. No double count: a key applies positions in strictly increasing order, so never one twice.
 2. No loss without a crash: when row p (of key K) arrives and p <= K.applied_through = q,
    then q was delivered, so by prefix-closedness p was delivered before q and K applied it.
@@ -47,27 +45,23 @@ of its (rollup, window, dims), each applied once, in increasing position order. 
 5. HLL sketches therefore see the same updates in the same order as a crash-free run, and a
    restored sketch continues exactly (its HIP state is in its bytes): equal estimates. Sums
    are exact integers (micro-units), so block boundaries cannot change them either.
-`tests/unit/test_aggregate.py` checks this with hypothesis (replays, duplicate runs, crashes,
-partial flushes, interleaved partitions) against applying each distinct event exactly once.
+Eviction keeps all this: only flushed states are evicted, and a key that is not in memory is
+either known absent (its window is at or above the partition's *resident bound*: every stored
+key at or above it is in memory) or loaded from storage before the row is applied.
 
-Lateness, and what holds after a crash
---------------------------------------
-The partition watermark is the running max of ``min(ts, received_at)`` over the partition's
-rows in delivery order (skipped redeliveries included: they add nothing new). A row is late for
-a rollup when ``window_start + granularity + allowed_lateness < watermark`` just after it; late
-rows are not applied but increment ``late`` on their key, under the same ``applied_through``
-rule (so ``late`` is exact too). Each key stores the watermark after its last row; `restore`
-sets the partition watermark to the max over its restored keys.
-- Always: every distinct event lands exactly once, in ``count`` or in ``late`` of its key.
-- Without a crash, and across crashes whose last flush completed (every dirty key durable, the
-  normal case since the commit waits for it), the count/late split is the same as in a
-  crash-free run: a row is judged against the watermark of exactly the rows below it.
-- If a crash interrupts a flush half-written, restored keys may carry a watermark from rows
-  that unflushed keys must re-apply; those rows may then be judged late where a crash-free run
-  applied them (never the reverse). They stay visible in ``late``.
-- Keys must all be restored before a partition's first block: a key missing from memory but
-  present in the table would restart from zero. With `evict_closed`, a `load` callback fetches
-  evicted keys back on a miss.
+Lateness bounds memory, not what is counted
+-------------------------------------------
+Every event is applied to its window, however late. ``allowed_lateness_s`` only says how long
+a window stays in memory: a state is evicted once it is flushed, its window ended more than
+the allowed lateness before the partition's watermark, and it was not touched since the
+previous `evict` call. The watermark is the largest ``received_at`` seen on the partition: the
+receive time Rearview stamps, so no producer's clock can move it. Evicting a window raises the
+partition's resident bound for that rollup past it; an event for a window below the bound
+whose state is not in memory makes `apply` ask for it (`MissingStates`), so an all-late import
+costs one batched load per block of windows, never a lost event. ``late`` in `PartialState` is
+kept for the format and is always 0.
+`tests/unit/test_aggregate.py` checks all this with hypothesis (replays, crashes, partial
+flushes, evictions and loads) against applying each distinct event exactly once.
 """
 
 from __future__ import annotations
@@ -75,7 +69,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, pairwise
+from itertools import accumulate
 
 import numpy as np
 import pyarrow as pa
@@ -88,31 +82,35 @@ from tables.state import NO_WATERMARK, PartialState, StateKey
 Loader = Callable[[StateKey], "bytes | None"]
 
 _CODE_LIMIT = 1 << 62
+NO_BOUND = -(2**63)
+
+
+class MissingStates(Exception):
+    """`apply` needs these stored states in memory first: load them, then apply again."""
+
+    def __init__(self, keys: list[StateKey]) -> None:
+        super().__init__(f"{len(keys)} evicted rollup states must be loaded first")
+        self.keys = keys
 
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What one `apply` did, counted per (row, rollup): applied + skipped + late = rows * rollups."""
+    """What one `apply` did, counted per (row, rollup): applied + skipped = rows * rollups."""
 
     rows: int = 0
     applied: int = 0
     skipped: int = 0  # redelivered: at or below the key's applied_through
-    late: int = 0  # beyond allowed lateness: counted in the key's `late`, not applied
+    loaded: int = 0  # states brought back into memory by the load callback
 
 
 class _Block:
-    """The columns of one block (or one partition of it) that the rollups need, as numpy."""
+    """The columns of one block that the rollups need, as numpy."""
 
     def __init__(self, block: pa.Table, prop_keys: Sequence[str], sum_keys: Sequence[str],
                  users: bool) -> None:
         self.n = block.num_rows
-        self.partition = int64(block.column("_partition"), "_partition")
-        self.offset = int64(block.column("_offset"), "_offset")
-        self.index = int64(block.column("_index"), "_index")
         self.ts = int64(block.column("ts"), "ts")
-        received = int64(block.column("received_at"), "received_at")
-        # An event's clock may run ahead of the collector's: clamp it for the watermark.
-        self.event_time = np.minimum(self.ts, received)
+        self.received = int64(block.column("received_at"), "received_at")
         name = block.column("event_name").combine_chunks()
         if name.null_count:
             raise ValueError(f"clean block has {name.null_count} null event_name values")
@@ -130,8 +128,23 @@ class _Block:
             self.users = column.to_pylist()
 
 
+@dataclass(slots=True)
+class _Groups:
+    """One rollup's view of a block: rows sorted by (window, dims), one key per group."""
+
+    spec: RollupSpec
+    order: np.ndarray
+    starts: list[int]
+    ends: list[int]
+    keys: list[StateKey]
+
+
 class Aggregator:
-    """Windowed partial aggregates for *specs*, per source partition; see the module docstring."""
+    """Windowed partial aggregates for *specs*, per partition; see the module docstring.
+
+    *load*, if given, is called for a state that must be brought back into memory (tests and
+    benchmarks); without it `apply` raises `MissingStates` and the caller loads them.
+    """
 
     def __init__(self, specs: Iterable[RollupSpec], load: Loader | None = None) -> None:
         self.specs: tuple[RollupSpec, ...] = tuple(specs)
@@ -143,141 +156,119 @@ class Aggregator:
         self._load = load
         self._states: dict[StateKey, PartialState] = {}
         self._watermarks: dict[int, int] = {}
+        self._resident: dict[tuple[int, str], int] = {}  # (partition, rollup) -> resident bound
         self._dirty: dict[StateKey, int] = {}  # key -> generation of its last change
+        self._touched: set[StateKey] = set()  # changed since the last `evict`
         self._generation = 0
         self._snapshot = 0
 
     # ----------------------------------------------------------------------------- applying
 
-    def apply(self, block: pa.Table) -> ApplyResult:
-        """Apply one block of clean events (EVENTS_ARROW_SCHEMA); ValueError on a malformed one.
+    def apply(self, block: pa.Table, partition: int, offset: int,
+              index: np.ndarray | Sequence[int] | None = None) -> ApplyResult:
+        """Apply the rows of the events.clean message at (*partition*, *offset*).
 
-        Rows of several partitions may be mixed; each partition's rows are taken in block order.
+        *index* gives each row's number in the message (strictly increasing; default 0..n-1):
+        with the offset, the row's position. ValueError on a malformed block, `MissingStates`
+        when evicted states must be loaded first; nothing changes in either case.
         """
         if block.num_rows == 0:
             return ApplyResult()
-        self._generation += 1
+        idx = np.arange(block.num_rows, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+        if len(idx) != block.num_rows:
+            raise ValueError(f"{len(idx)} row numbers for a block of {block.num_rows} rows")
+        if len(idx) > 1 and not (idx[1:] > idx[:-1]).all():
+            raise ValueError("row numbers must be strictly increasing")
         cols = _Block(block, self._prop_keys, self._sum_keys, self._users)
-        totals = [0, 0, 0]
-        partitions = np.unique(cols.partition)
-        for partition in partitions.tolist():
-            rows = None if len(partitions) == 1 else np.flatnonzero(cols.partition == partition)
-            self._apply_partition(cols, int(partition), rows, totals)
-        return ApplyResult(block.num_rows, *totals)
+        groups = [self._groups(spec, partition, cols) for spec in self.specs]
+        loaded = self._ensure_resident(partition, groups)
+        self._generation += 1
+        watermark = max(self._watermarks.get(partition, NO_WATERMARK), int(cols.received.max()))
+        self._watermarks[partition] = watermark
+        totals = [0, 0]
+        for g in groups:
+            self._apply_groups(g, offset, idx, cols, watermark, totals)
+        return ApplyResult(block.num_rows, totals[0], totals[1], loaded)
 
-    def _apply_partition(self, cols: _Block, partition: int, rows: np.ndarray | None,
-                         totals: list[int]) -> None:
-        def take(a: np.ndarray) -> np.ndarray:
-            return a if rows is None else a[rows]
-
-        offset, index = take(cols.offset), take(cols.index)
-        ts = take(cols.ts)
-        watermark = np.maximum.accumulate(take(cols.event_time))
-        previous = self._watermarks.get(partition, NO_WATERMARK)
-        np.maximum(watermark, previous, out=watermark)
-        self._watermarks[partition] = int(watermark[-1])
-        # Split into runs of strictly increasing position (a replay inside the block starts a
-        # new run); within a run, each key's already-applied rows form a prefix of its rows.
-        down = (offset[1:] < offset[:-1]) | ((offset[1:] == offset[:-1]) & (index[1:] <= index[:-1]))
-        bounds = [0, *(np.flatnonzero(down) + 1).tolist(), len(offset)]
-        users = cols.users
-        for lo, hi in pairwise(bounds):
-            run = slice(lo, hi)
-            run_users = None
-            if users is not None:
-                run_users = users[lo:hi] if rows is None else [users[i] for i in rows[run].tolist()]
-            ctx = _Run(offset[run], index[run], watermark[run], run_users)
-            for spec in self.specs:
-                self._apply_run(spec, partition, cols, rows, run, ts[run], ctx, totals)
-
-    def _apply_run(self, spec: RollupSpec, partition: int, cols: _Block, rows: np.ndarray | None,
-                   run: slice, ts: np.ndarray, ctx: _Run, totals: list[int]) -> None:
-        """Apply one run (rows of one partition, strictly increasing positions) to one rollup.
-
-        Rows are sorted by group (stable: increasing position inside a group), so a group is a
-        slice [s, e) of that order. Per group, only its first and last rows are looked at in
-        Python; rows already applied (a prefix) or late (a suffix: the watermark only grows)
-        are located with numpy in the rare groups that have any.
-        """
+    def _groups(self, spec: RollupSpec, partition: int, cols: _Block) -> _Groups:
         g = spec.granularity_ms
-        window = ts - ts % g
+        window = cols.ts - cols.ts % g
         columns = [cols.dims[d] for d in spec.dimensions]
-        dim_codes = [(c[0] if rows is None else c[0][rows])[run] for c in columns]
-        order, bounds = _group(window, g, dim_codes)
+        order, bounds = _group(window, g, [codes for codes, _ in columns])
         starts, ends = bounds[:-1], bounds[1:]
-        firsts, lasts = order[starts], order[ends - 1]
-        dim_values = [[values[c] for c in codes[firsts].tolist()]
-                      for (_, values), codes in zip(columns, dim_codes, strict=True)]
+        firsts = order[starts]
+        dim_values = [[values[c] for c in codes[firsts].tolist()] for codes, values in columns]
         keys = [StateKey(partition, spec.name, w, d)
                 for w, d in zip(window[firsts].tolist(), zip(*dim_values, strict=True), strict=True)]
-        offset, index, watermark = ctx.offset, ctx.index, ctx.watermark
-        first_pos = list(zip(offset[firsts].tolist(), index[firsts].tolist(), strict=True))
-        last_pos = list(zip(offset[lasts].tolist(), index[lasts].tolist(), strict=True))
-        last_wm = watermark[lasts].tolist()
-        users_g = None
-        if spec.uniques and ctx.users is not None:
-            users_l = ctx.users
-            users_g = [users_l[r] for r in order.tolist()]
-        close = g + spec.allowed_lateness_ms
+        return _Groups(spec, order, starts.tolist(), ends.tolist(), keys)
+
+    def _ensure_resident(self, partition: int, groups: list[_Groups]) -> int:
+        """Bring back evicted states the block touches, or raise MissingStates naming them."""
+        missing = []
+        states = self._states
+        for g in groups:
+            bound = self._resident.get((partition, g.spec.name), NO_BOUND)
+            for key in g.keys:
+                if key not in states and key.window_start_ms < bound:
+                    missing.append(key)
+        if not missing:
+            return 0
+        if self._load is None:
+            raise MissingStates(missing)
+        for key in missing:
+            self.load_stored(key, self._load(key))
+        return len(missing)
+
+    def _apply_groups(self, groups: _Groups, offset: int, idx: np.ndarray, cols: _Block,
+                      watermark: int, totals: list[int]) -> None:
+        """Apply one block to one rollup. Rows are sorted by group (stable: increasing position
+        inside a group), so a group is a slice [s, e) of that order; rows already applied form
+        a prefix of it, located with numpy in the rare groups that have any."""
+        spec, order = groups.spec, groups.order
         sums = []
         for key in spec.sums:
             micros, errors = cols.numbers[key]
-            if rows is not None:
-                micros, errors = micros[rows], errors[rows]
-            sums.append((key, list(accumulate(micros[run][order].tolist(), initial=0)),
-                         list(accumulate(errors[run][order].tolist(), initial=0))))
-        states, dirty, gen = self._states, self._dirty, self._generation
-        applied = skipped = late = 0
-        for key, s, e, first, last, wm in zip(keys, starts.tolist(), ends.tolist(), first_pos,
-                                              last_pos, last_wm, strict=True):
+            sums.append((key, list(accumulate(micros[order].tolist(), initial=0)),
+                         list(accumulate(errors[order].tolist(), initial=0))))
+        users_g = None
+        if spec.uniques and cols.users is not None:
+            users = cols.users
+            users_g = [users[r] for r in order.tolist()]
+        idx_sorted = idx[order]
+        states, dirty, touched, gen = self._states, self._dirty, self._touched, self._generation
+        applied = skipped = 0
+        for key, s, e in zip(groups.keys, groups.starts, groups.ends, strict=True):
             state = states.get(key)
             if state is None:
-                state = self._new_state(key, spec)
-            through = state.applied_through
-            if last <= through:
+                state = self._new_state(spec)
+                states[key] = state
+            t_offset, t_index = state.applied_through
+            first, last = int(idx_sorted[s]), int(idx_sorted[e - 1])
+            if (offset, last) <= (t_offset, t_index):
                 skipped += e - s
                 continue
             k0 = s
-            if first <= through:  # a redelivered prefix: skip rows at or below `through`
-                rows_g = order[s:e]
-                o, i = through
-                above = (offset[rows_g] > o) | ((offset[rows_g] == o) & (index[rows_g] > i))
-                k0 = s + int(np.argmax(above))
-            limit = key.window_start_ms + close
-            k1 = e
-            if wm > limit:  # a late suffix: the watermark passed the window's close
-                k1 = k0 + int(np.searchsorted(watermark[order[k0:e]], limit, side="right"))
+            if (offset, first) <= (t_offset, t_index):  # a redelivered prefix of this message
+                k0 = s + int(np.searchsorted(idx_sorted[s:e], t_index, side="right"))
             skipped += k0 - s
-            applied += k1 - k0
-            late += e - k1
-            state.count += k1 - k0
-            state.late += e - k1
-            state.applied_through = last
-            if wm > state.watermark_ms:
-                state.watermark_ms = wm
-            if k1 > k0:
-                if users_g is not None and state.sketch is not None:
-                    deque(map(state.sketch.update, users_g[k0:k1]), maxlen=0)
-                for sum_key, micros_cs, errors_cs in sums:
-                    added = micros_cs[k1] - micros_cs[k0]
-                    state.sum_micros[sum_key] = state.sum_micros.get(sum_key, 0) + added
-                    state.sum_errors += errors_cs[k1] - errors_cs[k0]
+            applied += e - k0
+            state.count += e - k0
+            state.applied_through = (offset, last)
+            state.watermark_ms = max(state.watermark_ms, watermark)
+            if users_g is not None and state.sketch is not None:
+                deque(map(state.sketch.update, users_g[k0:e]), maxlen=0)
+            for sum_key, micros_cs, errors_cs in sums:
+                state.sum_micros[sum_key] = state.sum_micros.get(sum_key, 0) + micros_cs[e] - micros_cs[k0]
+                state.sum_errors += errors_cs[e] - errors_cs[k0]
             dirty[key] = gen
+            touched.add(key)
         totals[0] += applied
         totals[1] += skipped
-        totals[2] += late
 
-    def _new_state(self, key: StateKey, spec: RollupSpec) -> PartialState:
-        if self._load is not None:
-            data = self._load(key)
-            if data is not None:
-                state = PartialState.from_bytes(data)
-                self._states[key] = state
-                return state
-        state = PartialState(sketch=hll.new(spec.lg_k) if spec.uniques else None,
-                             sum_micros={k: 0 for k in spec.sums})
-        self._states[key] = state
-        return state
+    @staticmethod
+    def _new_state(spec: RollupSpec) -> PartialState:
+        return PartialState(sketch=hll.new(spec.lg_k) if spec.uniques else None,
+                            sum_micros={k: 0 for k in spec.sums})
 
     # ------------------------------------------------------------------ flushing, recovery
 
@@ -294,58 +285,74 @@ class Aggregator:
         snapshot = self._snapshot
         self._dirty = {k: g for k, g in self._dirty.items() if g > snapshot}
 
-    def restore(self, key: StateKey, data: bytes, *, rewrite: bool = False) -> bool:
-        """Load one durable state (from the table) into memory; False, ignored, if its rollup
-        is no longer defined. Raises ValueError on bytes that are not a state.
+    def restore(self, partition: int, stored: Iterable[tuple[StateKey, bytes]],
+                resident_since: dict[str, int]) -> int:
+        """Begin *partition* (assigned after a crash or a rebalance) from its stored states.
 
-        *rewrite*: one durable copy of the state is older than this one (a crash between the
-        writes of a flush), so it is marked dirty and the next flush writes it everywhere.
+        *stored* holds, per rollup, every stored state whose window starts at or after
+        ``resident_since[rollup]`` (a rollup missing from the dict has nothing stored); older
+        states are loaded on demand. Returns the number of states loaded. States of rollups no
+        longer defined are ignored; ValueError on bytes that are not a state.
         """
+        self.drop_partition(partition)
+        for spec in self.specs:
+            self._resident[(partition, spec.name)] = resident_since.get(spec.name, NO_BOUND)
+        n = 0
+        for key, data in stored:
+            if key.partition != partition:
+                raise ValueError(f"state {key.to_str()!r} is not of partition {partition}")
+            n += self.load_stored(key, data)
+        return n
+
+    def load_stored(self, key: StateKey, data: bytes | None) -> bool:
+        """Put one stored state in memory (*data* None: nothing is stored for it). False if its
+        rollup is no longer defined."""
         if key.rollup not in self._by_name:
             return False
-        state = PartialState.from_bytes(data)
+        state = self._new_state(self._by_name[key.rollup]) if data is None else PartialState.from_bytes(data)
         self._states[key] = state
-        if rewrite:
-            self._generation += 1
-            self._dirty[key] = self._generation
-        else:
-            self._dirty.pop(key, None)
+        self._dirty.pop(key, None)
+        self._touched.add(key)  # just needed: not evicted before the next pass
         if state.watermark_ms > self._watermarks.get(key.partition, NO_WATERMARK):
             self._watermarks[key.partition] = state.watermark_ms
         return True
 
     def drop_partition(self, partition: int) -> int:
         """Forget a revoked partition: its states (flushed or not), dirty marks and watermark.
-        Its next owner restores from the table and replays from the committed offset."""
+        Its next owner restores from storage and replays from the committed offset."""
         gone = [k for k in self._states if k.partition == partition]
         for key in gone:
             del self._states[key]
             self._dirty.pop(key, None)
+            self._touched.discard(key)
         self._watermarks.pop(partition, None)
+        for rp in [rp for rp in self._resident if rp[0] == partition]:
+            del self._resident[rp]
         return len(gone)
 
-    def evict_closed(self) -> int:
-        """Drop from memory the flushed states of windows that can only receive late events.
-
-        Needs a `load` callback: a late event for an evicted key reloads it instead of
-        starting it from zero (which would overwrite the stored state on the next flush).
-        """
-        if self._load is None:
-            raise ValueError("evict_closed needs a load callback to bring evicted keys back")
+    def evict(self) -> int:
+        """Drop from memory the flushed states of closed windows not touched since the last
+        call; raise their partition's resident bound past them. Returns how many went."""
+        watermarks, touched = self._watermarks, self._touched
         gone = []
         for key in self._states:
-            if key in self._dirty:
+            if key in self._dirty or key in touched:
                 continue
             spec = self._by_name[key.rollup]
-            close = key.window_start_ms + spec.granularity_ms + spec.allowed_lateness_ms
-            if close < self._watermarks.get(key.partition, NO_WATERMARK):
+            if key.window_start_ms + spec.granularity_ms + spec.allowed_lateness_ms < watermarks.get(
+                    key.partition, NO_WATERMARK):
                 gone.append(key)
         for key in gone:
             del self._states[key]
+            spec = self._by_name[key.rollup]
+            rp = (key.partition, key.rollup)
+            self._resident[rp] = max(self._resident.get(rp, NO_BOUND),
+                                     key.window_start_ms + spec.granularity_ms)
+        touched.clear()
         return len(gone)
 
     def partition_watermarks(self) -> dict[int, int]:
-        """Event-time watermark (epoch ms) of each partition seen or restored."""
+        """Receive-time watermark (epoch ms) of each partition seen or restored."""
         return dict(self._watermarks)
 
     def states(self) -> dict[StateKey, PartialState]:
@@ -354,16 +361,6 @@ class Aggregator:
 
     def get(self, key: StateKey) -> PartialState | None:
         return self._states.get(key)
-
-
-@dataclass(slots=True)
-class _Run:
-    """The rows of one run of strictly increasing positions (one partition)."""
-
-    offset: np.ndarray
-    index: np.ndarray
-    watermark: np.ndarray  # the partition watermark just after each row
-    users: list[str] | None
 
 
 def _group(window: np.ndarray, granularity_ms: int,

@@ -78,3 +78,10 @@ def union(sketches: Iterable[hll_sketch], lg_k: int = DEFAULT_LG_K) -> hll_sketc
 def merge(parts: Iterable[bytes], lg_k: int = DEFAULT_LG_K) -> float:
     """The estimated distinct count of the union of serialized sketches (0.0 for none)."""
     return estimate(union((from_bytes(p) for p in parts), lg_k))
+
+
+def estimating(sketch: hll_sketch) -> bool:
+    """True once the sketch estimates (HLL mode); below that (LIST and SET modes) it holds the
+    distinct hashes themselves and its count is exact but for 26-bit hash collisions.
+    DataSketches exposes the mode only in its summary text."""
+    return "Current Mode   : HLL" in sketch.to_string()

@@ -6,15 +6,19 @@ configured rollup's table if it is missing and checks that an existing one still
 definition's columns (a changed definition under the same name is refused: give it a new name,
 and rebuild it by replay).
 
-Each row is one partial aggregate: (window, dimensions, source partition) with its full state
+Each row is one partial aggregate: (window, dimensions, events.clean partition) with its full state
 and a version. The version is the state's ``applied_through`` position packed into one integer:
 it only grows, so ReplacingMergeTree keeps the newest state of a partial, and a re-upsert of the
 same state after a crash converges. Queries merge partials across partitions: ``sum(count)``,
-and HLL sketches (DataSketches bytes in ``sketch``) unioned by the query layer.
+and HLL sketches (DataSketches bytes in ``sketch``) unioned by the query layer. The ``state``
+column is the only durable copy of the worker's rollup state: a worker beginning a partition
+reads its recent states (`recent_states`), and older ones when a late event needs them
+(`load_states`). ``late`` is always 0 (kept so the table keeps its columns).
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -122,15 +126,13 @@ def upsert_rows(
     return names, rows
 
 
-def stored_states(client: Client, spec: RollupSpec, partition: int) -> list[tuple[StateKey, bytes]]:
-    """Every partial of *spec* stored for source *partition*, newest version of each."""
-    import base64
-
+def _states(client: Client, spec: RollupSpec, partition: int, where: str,
+            parameters: dict[str, Any]) -> list[tuple[StateKey, bytes]]:
     dims = ", ".join(f"`{d}`" for d in dimension_columns(spec))
     rows = client.query(
         f"SELECT toUnixTimestamp(window_start), {dims}, base64Encode(state)"
-        f" FROM `{table_name(spec)}` FINAL WHERE partition = {{p:UInt32}}",
-        parameters={"p": partition},
+        f" FROM `{table_name(spec)}` FINAL WHERE partition = {{p:UInt32}} AND {where}",
+        parameters={"p": partition, **parameters},
     ).result_rows
     n = len(spec.dimensions)
     return [
@@ -138,3 +140,34 @@ def stored_states(client: Client, spec: RollupSpec, partition: int) -> list[tupl
          base64.b64decode(row[1 + n]))
         for row in rows
     ]
+
+
+def recent_states(client: Client, spec: RollupSpec,
+                  partition: int) -> tuple[int | None, list[tuple[StateKey, bytes]]]:
+    """(resident bound, states) to begin *partition* with: every stored state whose window
+    starts at or after the bound, which is the newest stored window minus the granularity and
+    the allowed lateness (older states are loaded on demand). (None, []) when nothing is
+    stored for the partition."""
+    newest = client.query(
+        f"SELECT max(toUnixTimestamp(window_start)), count() FROM `{table_name(spec)}`"
+        " WHERE partition = {p:UInt32}",
+        parameters={"p": partition},
+    ).result_rows[0]
+    if not newest[1]:
+        return None, []
+    bound_ms = int(newest[0]) * 1000 - spec.granularity_ms - spec.allowed_lateness_ms
+    states = _states(client, spec, partition, "window_start >= fromUnixTimestamp({w:Int64})",
+                     {"w": max(0, bound_ms // 1000)})
+    return bound_ms, states
+
+
+def load_states(client: Client, spec: RollupSpec, partition: int,
+                keys: Iterable[StateKey]) -> dict[StateKey, bytes]:
+    """The stored states of *keys* (all of *spec* and *partition*); absent keys are absent."""
+    wanted = set(keys)
+    windows = sorted({k.window_start_ms // 1000 for k in wanted})
+    if not windows:
+        return {}
+    found = _states(client, spec, partition, "toUnixTimestamp(window_start) IN {w:Array(Int64)}",
+                    {"w": windows})
+    return {key: data for key, data in found if key in wanted}

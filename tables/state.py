@@ -1,13 +1,13 @@
 """The aggregate stage's state: keys, per-partition partial aggregates, and their bytes.
 
 A `StateKey` names one partial aggregate: one rollup, one window, one combination of
-dimension values, as seen by ONE source partition (``_partition`` of events.clean rows, which
-is the events.raw partition). Partials of the same (rollup, window, dims) from different
+dimension values, as seen by ONE events.clean partition (events.clean is partitioned by
+event_id, so a partition's partials hold distinct events). Partials of the same (rollup, window, dims) from different
 partitions are merged at query time (`merge_partials`, or SQL over the rollup table).
 
 A `PartialState` is small whatever the traffic: a count, exact sums, an HLL sketch, a late
 counter, and two watermarks (see `tables/aggregate.py` for why they make redelivery exact).
-`to_bytes` is the Faust table value; `StateKey.to_str` a suggested table key.
+`to_bytes` is what the rollup table's ``state`` column holds, from which a worker restores.
 """
 
 from __future__ import annotations
@@ -91,17 +91,17 @@ class PartialState:
     """The aggregate of one StateKey: what a table value holds (never a list of events).
 
     ``count``            events applied to the window.
-    ``late``             events for this window that arrived beyond allowed lateness and were
-                         therefore NOT applied (neither counted, summed nor sketched).
+    ``late``             always 0 now (late events are applied: their window is loaded back);
+                         kept so that states written by earlier versions still parse.
     ``sum_micros``       exact sums of the rollup's numeric properties, in micro-units.
     ``sum_errors``       applied events whose summed property was present but not a number.
     ``sketch``           live HLL sketch of user ids (None when the rollup has no uniques).
-    ``applied_through``  highest (_offset, _index) of this key's partition applied to this
-                         key (applied or counted late); (-1, -1) before the first. Rows at or
+    ``applied_through``  highest position (events.clean offset, row index) of this key's
+                         partition applied to this key; (-1, -1) before the first. Rows at or
                          below it are redeliveries and are skipped. It only grows, so it also
                          serves as the version of a full-state upsert.
-    ``watermark_ms``     the partition's event-time watermark just after the row at
-                         ``applied_through``; the max over restored keys restores the
+    ``watermark_ms``     the partition's receive-time watermark just after the block that
+                         last changed this key; the max over restored keys restores the
                          partition watermark after a crash.
     """
 
@@ -210,38 +210,3 @@ def merge_partials(
             uniques=uniques,
         )
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class Restored:
-    """One partial to load after a crash or rebalance: the newer durable copy of its state."""
-
-    key: StateKey
-    data: bytes
-    rewrite: bool  # the query copy is older (or missing): write it again at the next flush
-
-
-def restore_plan(
-    table: Iterable[tuple[StateKey, bytes]], queried: Iterable[tuple[StateKey, bytes]]
-) -> list[Restored]:
-    """Pick, per key, the newer of its two durable copies (the higher applied_through).
-
-    A flush writes the table (changelog) first, then the copy queries read (the ClickHouse
-    rollup tables); a crash between the two leaves the queried copy behind. Its events are
-    then skipped by the replay as already applied, so that copy would stay behind forever
-    unless it is marked for rewriting. A table copy that is older (a changelog recovery that
-    stopped short) is simply replaced by the queried one.
-    """
-    newest: dict[StateKey, tuple[tuple[int, int], bytes]] = {}
-    for key, data in table:
-        newest[key] = (PartialState.from_bytes(data).applied_through, data)
-    in_queried: dict[StateKey, tuple[int, int]] = {}
-    for key, data in queried:
-        through = PartialState.from_bytes(data).applied_through
-        in_queried[key] = through
-        if key not in newest or through > newest[key][0]:
-            newest[key] = (through, data)
-    return [
-        Restored(key, data, rewrite=key not in in_queried or in_queried[key] < through)
-        for key, (through, data) in newest.items()
-    ]

@@ -171,8 +171,8 @@ class Pipeline:
             self._ch.close()
 
 
-@pytest.fixture
-def pipeline(services: Services, tmp_path: Path) -> Iterator[Pipeline]:
+def make_pipeline(services: Services, tmp_path: Path) -> Pipeline:
+    """A new isolated pipeline: its own topics, database (migrated) and consumer group."""
     n = next(_ids)
     tag = f"t{n}_{uuid.uuid4().hex[:6]}"
     s = services.settings
@@ -183,7 +183,7 @@ def pipeline(services: Services, tmp_path: Path) -> Iterator[Pipeline]:
         update={
             "kafka": s.kafka.model_copy(update={"topics": topics}),
             "clickhouse": s.clickhouse.model_copy(update={"database": f"rv_{tag}"}),
-            "worker": s.worker.model_copy(update={"app_id": f"rearview-{tag}", "data_dir": tmp_path / "worker"}),
+            "worker": s.worker.model_copy(update={"app_id": f"rearview-{tag}", "data_dir": tmp_path / tag}),
         }
     )
     ensure_topics(settings.kafka.bootstrap_servers, pipeline_topics(settings.kafka))
@@ -194,8 +194,29 @@ def pipeline(services: Services, tmp_path: Path) -> Iterator[Pipeline]:
         ensure_tables(client, settings.aggregate.rollups)
     finally:
         client.close()
-    p = Pipeline(settings, tmp_path)
+    return Pipeline(settings, tmp_path)
+
+
+@pytest.fixture
+def pipeline(services: Services, tmp_path: Path) -> Iterator[Pipeline]:
+    p = make_pipeline(services, tmp_path)
     try:
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture
+def new_pipeline(services: Services, tmp_path: Path) -> Iterator[Callable[[], Pipeline]]:
+    """Makes as many isolated pipelines as a test needs; all are closed after it."""
+    made: list[Pipeline] = []
+
+    def make() -> Pipeline:
+        made.append(make_pipeline(services, tmp_path))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.close()

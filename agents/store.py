@@ -1,0 +1,271 @@
+"""The store agent: events.clean -> dedup -> the events table and the rollups. Wiring only.
+
+events.clean is partitioned by event_id (the validate stage picks `event_partition`), so every
+copy of an event (a client's retry, the same event over HTTP and Kafka, validate's own
+re-production after a crash) arrives on one partition, read in order by one agent. Per take:
+
+1. the batch is admitted through the offset keeper (in order, each offset once);
+2. a partition seen for the first time begins from storage: its dedup state from the events
+   table (first copies inserted within the horizon, with their events.clean positions), its
+   rollup states from the rollup tables (the recent ones; older ones on demand);
+3. each message's rows get a dedup verdict (tables/dedup.py): duplicates are dropped and
+   counted, first copies kept;
+4. kept rows not already in the events table are inserted, with their events.clean position;
+5. kept rows are applied to the rollups (tables/aggregate.py), loading any evicted window
+   state a late event needs;
+6. the batch is held, and reported done at the next completed flush.
+
+A flush, every `flush_interval_s` on a timer (never only when the next event arrives), upserts
+every changed partial into its rollup table, evicts idle closed windows every
+`evict_interval_s`, then reports the held batches done, so their offsets can be committed.
+One dedup verdict serves both the events table and the rollups: they cannot disagree about
+which copy of an event counts. ClickHouse unreachable is an outage (retried forever, nothing
+acked); an events.clean message that is not a clean block, or rows whose times no column can
+hold, are dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import numpy as np
+import pyarrow as pa
+import structlog
+
+from agents.ledger import Receipt
+from agents.offsets import OffsetKeeper, bytes_topic
+from agents.records import Invalid, SourceMeta
+from agents.rollup import RollupWriter
+from agents.sink import BlockWriter, decode_block
+from app.retry import retry_forever
+from tables.aggregate import Aggregator, MissingStates
+from tables.columns import int64
+from tables.dedup import Deduper, ids_from_strings, pack_position
+
+log = structlog.get_logger(__name__)
+
+# What the events table and the rollup tables can hold: DateTime64(3) and DateTime ranges.
+MIN_TIME_MS = 0
+MAX_TIME_MS = 4_294_967_295_000  # 2106-02-07, the end of DateTime('UTC') (rollup windows)
+
+
+@dataclass
+class StoreCounters:
+    inserted: int = 0
+    duplicates: int = 0
+    already_stored: int = 0  # redelivered first copies the events table already held
+    applied: int = 0
+    skipped: int = 0
+    states_loaded: int = 0
+    states_evicted: int = 0
+    flushes: int = 0
+    keys_written: int = 0
+    last_flush_at: float = 0.0
+
+
+class FirstCopies:
+    """Reads back the first copies stored in the events table, to rebuild the dedup state."""
+
+    def __init__(self, calls: Any, partitions: int, horizon_s: int, table: str = "events") -> None:
+        self._calls = calls
+        self._partitions = partitions
+        self._horizon_s = horizon_s
+        self._table = table
+
+    async def read(self, partition: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n, 2) uint64, packed positions) of the partition's rows inserted within the
+        horizon (found through the ``_inserted_at`` minmax index)."""
+        out: list[pa.Table] = []
+
+        def query(client: Any) -> None:
+            out.append(client.query_arrow(
+                f"SELECT toString(event_id) AS id, _clean_offset, _clean_index FROM `{self._table}`"
+                " WHERE _inserted_at >= now64(3) - toIntervalSecond({h:UInt32})"
+                " AND CRC32(toString(event_id)) % {n:UInt32} = {p:UInt32}",
+                parameters={"h": self._horizon_s, "n": self._partitions, "p": partition}))
+
+        await self._calls.run("dedup restore", query)
+        table = out[0]
+        ids = ids_from_strings([_text(v) for v in table.column("id").to_pylist()])
+        offsets = table.column("_clean_offset").to_numpy().astype(np.uint64)
+        index = table.column("_clean_index").to_numpy().astype(np.uint64)
+        return ids, pack_position(offsets, index)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class StoreDeps:
+    deduper: Deduper
+    first_copies: FirstCopies
+    events_writer: BlockWriter
+    aggregator: Aggregator | None  # None: rollups disabled
+    rollups: RollupWriter | None
+    clean_topic: str
+    take_max: int
+    take_within_s: float
+    flush_interval_s: float
+    evict_interval_s: float
+    dead_letter: Callable[[list[Invalid]], Awaitable[None]]  # produce, acknowledged
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+    counters: StoreCounters = field(default_factory=StoreCounters)
+    clock: Callable[[], float] = time.time
+
+
+def implausible_rows(block: pa.Table) -> np.ndarray:
+    """Rows whose times no column can hold (only a producer writing events.clean itself can
+    make them: the validate stage refuses such events)."""
+    ts = int64(block.column("ts"), "ts")
+    received = int64(block.column("received_at"), "received_at")
+    return (ts < MIN_TIME_MS) | (ts >= MAX_TIME_MS) | (received < MIN_TIME_MS) | (received >= MAX_TIME_MS)
+
+
+def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
+    clean = bytes_topic(app, deps.clean_topic)
+    dedup, agg, counters = deps.deduper, deps.aggregator, deps.counters
+    lock = asyncio.Lock()  # the aggregator: applies and flush snapshots never interleave
+    held: list[tuple[list[faust.EventT], Receipt]] = []
+    begun: set[int] = set()
+    stream_ref: list[faust.StreamT] = []
+    last_evict = [time.monotonic()]
+
+    async def retry(what: str, action: Callable[[], Awaitable[Any]]) -> Any:
+        return await retry_forever(what, action, deps.retry_initial_s, deps.retry_max_s)
+
+    async def begin(partition: int) -> None:
+        """Restore the partition's dedup and rollup states before its first message."""
+        ids, positions = await retry("dedup_restore", lambda: deps.first_copies.read(partition))
+        dedup.restore(partition, ids, positions, int(deps.clock() * 1000))
+        loaded = 0
+        if agg is not None and deps.rollups is not None:
+            bounds, states = await retry("rollup_restore", lambda: deps.rollups.recent(partition))
+            async with lock:
+                loaded = agg.restore(partition, states, bounds)
+        begun.add(partition)
+        log.info("store_partition_restored", partition=partition, first_copies=len(ids),
+                 rollup_states=loaded)
+
+    async def apply(block: pa.Table, partition: int, offset: int, kept: np.ndarray) -> None:
+        assert agg is not None and deps.rollups is not None
+        while True:
+            try:
+                async with lock:
+                    result = agg.apply(block, partition, offset, kept)
+                counters.applied += result.applied
+                counters.skipped += result.skipped
+                return
+            except MissingStates as missing:
+                keys = missing.keys
+            found = await retry("rollup_load", lambda: deps.rollups.load(keys))  # type: ignore[union-attr]
+            async with lock:
+                for key in keys:
+                    agg.load_stored(key, found.get(key))
+            counters.states_loaded += len(keys)
+
+    async def store(taken: Sequence[faust.EventT]) -> None:
+        events, receipt = offsets.admit("store", taken)
+        bad: list[Invalid] = []
+        inserts: list[pa.Table] = []
+        applies: list[tuple[pa.Table, int, int, np.ndarray]] = []
+        now_ms = int(deps.clock() * 1000)
+        for event in events:
+            msg = event.message
+            if msg.partition not in begun:
+                await begin(msg.partition)
+            meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
+            try:
+                block = decode_block(msg.value)
+                wrong = implausible_rows(block)
+            except ValueError as exc:
+                bad.append(Invalid("sink", "BadCleanBlock", str(exc), meta, msg.value or b"", msg.key))
+                continue
+            if wrong.any():
+                bad.append(Invalid("sink", "TimeOutOfRange",
+                                   f"{int(wrong.sum())} rows with a time outside 1970..2106",
+                                   meta, msg.value or b"", msg.key))
+                continue
+            n = block.num_rows
+            ids = ids_from_strings(block.column("event_id").to_pylist())
+            verdict = dedup.check(msg.partition, ids, pack_position(msg.offset, np.arange(n)), now_ms)
+            kept = np.flatnonzero(verdict.keep)
+            counters.duplicates += n - len(kept)
+            counters.already_stored += int(verdict.stored.sum())
+            fresh = np.flatnonzero(verdict.keep & ~verdict.stored)
+            if len(fresh):
+                rows = block.take(pa.array(fresh))
+                rows = rows.append_column("_clean_offset", pa.array(np.full(len(fresh), msg.offset), pa.uint64()))
+                rows = rows.append_column("_clean_index", pa.array(fresh, pa.uint32()))
+                inserts.append(rows)
+            if agg is not None and len(kept):
+                applies.append((block.take(pa.array(kept)) if len(kept) < n else block,
+                                msg.partition, msg.offset, kept))
+        if bad:
+            await deps.dead_letter(bad)
+        if inserts:
+            block = pa.concat_tables(inserts)
+            await retry("clickhouse", lambda: deps.events_writer.write(block))
+            counters.inserted += block.num_rows
+        for args in applies:
+            await apply(*args)
+        if agg is None:
+            await offsets.done(stream_ref[0], taken, receipt)
+        else:
+            held.append((list(taken), receipt))
+
+    async def flush() -> None:
+        assert agg is not None and deps.rollups is not None
+        async with lock:
+            dirty = agg.dirty()
+            n_held = len(held)  # batches applied so far; a failed flush leaves them held
+            encoded = [(key, state.to_bytes()) for key, state in dirty.items()]
+        if encoded:
+            await retry("rollup_clickhouse", lambda: deps.rollups.write(encoded))  # type: ignore[union-attr]
+        async with lock:
+            agg.mark_flushed()
+            if time.monotonic() - last_evict[0] >= deps.evict_interval_s:
+                counters.states_evicted += agg.evict()
+                last_evict[0] = time.monotonic()
+        counters.keys_written += len(encoded)
+        counters.flushes += 1
+        counters.last_flush_at = time.time()
+        flushed = held[:n_held]
+        del held[:n_held]
+        if stream_ref:
+            for taken, receipt in flushed:
+                await offsets.done(stream_ref[0], taken, receipt)
+
+    @app.agent(clean, name="store")
+    async def store_agent(stream: faust.StreamT) -> None:
+        stream_ref[:] = [stream]
+        async for taken in stream.noack_take(deps.take_max, within=deps.take_within_s):
+            await store(taken)
+
+    if agg is not None:
+        @app.timer(deps.flush_interval_s)
+        async def flush_timer() -> None:
+            await flush()
+
+        _ = flush_timer
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        mine = {tp for tp in revoked if tp.topic == deps.clean_topic}
+        async with lock:
+            for tp in mine:
+                dedup.drop_partition(tp.partition)
+                if agg is not None:
+                    agg.drop_partition(tp.partition)
+                begun.discard(tp.partition)
+            # Their events go to the next owner (the offset keeper ignores these receipts now).
+            held[:] = [([e for e in taken if e.message.tp not in mine], receipt)
+                       for taken, receipt in held]
+
+    _ = (store_agent, on_revoked)
