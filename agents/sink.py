@@ -150,8 +150,12 @@ class EventsWriter:
         self._table = table
 
     async def write(self, block: pa.Table) -> None:
+        # The table is partitioned by day and valid events span up to 365 days back and 1 day
+        # ahead: a block of an import may touch that many partitions (ClickHouse's default
+        # limit of 100 would refuse it, and a refusal would be retried forever).
         await self._calls.run(f"insert of {block.num_rows} rows",
-                              lambda client: client.insert_arrow(self._table, block))
+                              lambda client: client.insert_arrow(
+                                  self._table, block, settings={"max_partitions_per_insert_block": 400}))
 
 
 class RowsWriter:

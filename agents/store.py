@@ -42,7 +42,7 @@ from agents.offsets import OffsetKeeper, bytes_topic
 from agents.records import Invalid, SourceMeta
 from agents.rollup import RollupWriter
 from agents.sink import BlockWriter, decode_block
-from app.retry import retry_forever
+from agents.stages import StageWatch
 from tables.aggregate import Aggregator, MissingStates
 from tables.columns import int64
 from tables.dedup import Deduper, ids_from_strings, pack_position
@@ -117,6 +117,7 @@ class StoreDeps:
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     counters: StoreCounters = field(default_factory=StoreCounters)
+    stages: StageWatch = field(default_factory=StageWatch)
     clock: Callable[[], float] = time.time
 
 
@@ -138,7 +139,7 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
     last_evict = [time.monotonic()]
 
     async def retry(what: str, action: Callable[[], Awaitable[Any]]) -> Any:
-        return await retry_forever(what, action, deps.retry_initial_s, deps.retry_max_s)
+        return await deps.stages.retry(what, action, deps.retry_initial_s, deps.retry_max_s)
 
     async def begin(partition: int) -> None:
         """Restore the partition's dedup and rollup states before its first message."""
@@ -211,7 +212,7 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             await deps.dead_letter(bad)
         if inserts:
             block = pa.concat_tables(inserts)
-            await retry("clickhouse", lambda: deps.events_writer.write(block))
+            await retry("events_insert", lambda: deps.events_writer.write(block))
             counters.inserted += block.num_rows
         for args in applies:
             await apply(*args)
@@ -227,7 +228,7 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             n_held = len(held)  # batches applied so far; a failed flush leaves them held
             encoded = [(key, state.to_bytes()) for key, state in dirty.items()]
         if encoded:
-            await retry("rollup_clickhouse", lambda: deps.rollups.write(encoded))  # type: ignore[union-attr]
+            await retry("rollup_flush", lambda: deps.rollups.write(encoded))  # type: ignore[union-attr]
         async with lock:
             agg.mark_flushed()
             if time.monotonic() - last_evict[0] >= deps.evict_interval_s:

@@ -34,9 +34,9 @@ from agents.offsets import OffsetKeeper, bytes_topic
 from agents.pii import Redactor
 from agents.records import CleanEvent, Invalid, SourceMeta
 from agents.sink import RowsWriter, encode_blocks
+from agents.stages import StageWatch
 from agents.validate import Validator
 from app.exceptions import ServiceUnavailable
-from app.retry import retry_forever
 from app.schema_registry import SchemaCache
 from tables.dedup import event_partition
 
@@ -72,6 +72,7 @@ class WorkerDeps:
     retry_max_s: float = 10.0
     dlq_writer: RowsWriter | None = None  # the queryable `dlq` table; None: Kafka only
     counters: Counters = field(default_factory=Counters)
+    stages: StageWatch = field(default_factory=StageWatch)  # retrying stages, for /health
 
 
 def _schema_ids(values: Sequence[bytes]) -> set[int]:
@@ -85,7 +86,7 @@ def _schema_ids(values: Sequence[bytes]) -> set[int]:
 
 
 async def _retry_forever(what: str, action: Callable[[], Awaitable[Any]], deps: WorkerDeps) -> Any:
-    return await retry_forever(what, action, deps.retry_initial_s, deps.retry_max_s)
+    return await deps.stages.retry(what, action, deps.retry_initial_s, deps.retry_max_s)
 
 
 async def _produce_all(app: faust.App, records: list[dict[str, Any]]) -> None:
@@ -212,14 +213,14 @@ def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
                 if events:
                     parsed = [dlq.parse_headers(e.message.headers) for e in events]
                     ids = {int(h[dlq.H_SCHEMA_ID]) for h in parsed if h.get(dlq.H_SCHEMA_ID, "").isdigit()}
-                    await _retry_forever("registry", lambda: deps.schemas.ensure(ids), deps)
+                    await _retry_forever("dlq_registry", lambda: deps.schemas.ensure(ids), deps)
                     rows = [
                         dlq.letter_row(e.message.partition, e.message.offset,
                                        int(e.message.timestamp * 1000), e.message.value or b"", h,
                                        letter_preview(e.message.value, h, deps))
                         for e, h in zip(events, parsed, strict=True)
                     ]
-                    await _retry_forever("clickhouse", lambda: dlq_writer.write(rows), deps)
+                    await _retry_forever("dlq_table", lambda: dlq_writer.write(rows), deps)
                 await offsets.done(stream, taken, receipt)
 
         _ = dead_letters

@@ -97,6 +97,8 @@ class WorkerSettings(BaseModel):
     # Backoff for infrastructure failures (registry or ClickHouse unreachable).
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    # A stage retrying longer than this turns the worker's /health failing (503), naming it.
+    stall_after_s: float = Field(default=30.0, gt=0)
 
 
 class ValidationSettings(BaseModel):

@@ -17,6 +17,7 @@ from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
 from agents.records import Invalid
 from agents.rollup import RollupWriter
 from agents.sink import ClickHouseCalls, EventsWriter, RowsWriter
+from agents.stages import StageWatch
 from agents.store import FirstCopies, StoreDeps
 from agents.store import install as install_store
 from agents.validate import Validator
@@ -24,7 +25,6 @@ from agents.worker import WorkerDeps, _produce_all, dead_letter_records, install
 from app import clickhouse
 from app.faust_app import create_app
 from app.metrics import CONTENT_TYPE, Metric, render
-from app.retry import retry_forever
 from app.schema_registry import SchemaCache
 from app.settings import Settings
 from tables.aggregate import Aggregator
@@ -42,7 +42,9 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
             settings.clickhouse, send_receive_timeout=settings.clickhouse.insert_timeout_s
         )
 
+    stages = StageWatch()
     deps = WorkerDeps(
+        stages=stages,
         validator=Validator(settings.validation.rules()),
         redactor=Redactor(redaction_config(settings)),
         schemas=SchemaCache(settings.registry.url, w.retry_initial_s, w.retry_max_s,
@@ -64,7 +66,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
 
     async def dead_letter(invalid: list[Invalid]) -> None:
         records = dead_letter_records(invalid, deps, int(time.time() * 1000))
-        await retry_forever("produce", lambda: _produce_all(app, records), w.retry_initial_s, w.retry_max_s)
+        await stages.retry("dead_letter", lambda: _produce_all(app, records), w.retry_initial_s, w.retry_max_s)
         deps.counters.dead += len(invalid)
 
     with_rollups = bool(settings.aggregate.enabled and settings.aggregate.rollups)
@@ -81,6 +83,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         flush_interval_s=settings.aggregate.flush_interval_s,
         evict_interval_s=settings.aggregate.evict_interval_s,
         dead_letter=dead_letter,
+        stages=stages,
         retry_initial_s=w.retry_initial_s,
         retry_max_s=w.retry_max_s,
     )
@@ -90,8 +93,9 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
     @app.page("/health")
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         c, st = deps.counters, store.counters
+        stalled = stages.stalled(w.stall_after_s)
         body: dict[str, object] = {
-            "status": "ok", "raw_messages": c.read, "clean_events": c.clean,
+            "status": "failing" if stalled else "ok", "stalled_stages": stalled, "raw_messages": c.read, "clean_events": c.clean,
             "dead_letters": c.dead, "inserted_rows": st.inserted,
             "dedup": {"duplicates_dropped": st.duplicates, "already_stored": st.already_stored,
                       "ids_remembered": store.deduper.entries(),
@@ -105,7 +109,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
                                "states_in_memory": len(store.aggregator.states()),
                                "states_loaded": st.states_loaded, "states_evicted": st.states_evicted,
                                "flushes": st.flushes, "partials_written": st.keys_written}
-        return web.json(body)
+        return web.json(body, status=503 if stalled else 200)
 
     @app.page("/metrics")
     async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

@@ -218,3 +218,17 @@ def test_verify_tells_exact_incomplete_and_differs_apart(pipeline: Pipeline) -> 
     assert by_rollup["events_by_name_1m"].verdict == "differs"
     assert by_rollup["uniques_by_name_1h"].verdict == "incomplete"
     assert by_rollup["uniques_by_name_1h"].missing_events == 3
+
+
+def test_a_year_of_history_in_one_batch_is_stored_and_rolled_up(pipeline: Pipeline) -> None:
+    """An import whose events span 300 days (300 day partitions in one insert block) is stored
+    and counted, not refused by ClickHouse and retried forever."""
+    pipeline.start_worker()
+    now = int(time.time() * 1000)
+    events = _dataset(600, seed=17, span_ms=60_000)
+    for i, e in enumerate(events):
+        e["timestamp"] = now - (i % 300) * 86_400_000 - 3_600_000
+    _send_kafka(pipeline, events)
+    reports = wait_for(lambda: _exact(pipeline, len(events)), 120, "a year of history stored and rolled up")
+    assert pipeline.scalar("SELECT uniqExact(toDate(ts)) FROM events") == 300
+    assert all(r.cells > 0 for r in reports)

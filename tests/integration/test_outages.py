@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 import fastavro
+import httpx
 import pytest
 
 import schemas
@@ -201,6 +202,8 @@ def test_clickhouse_outage_mid_stream_dead_letters_nothing_and_stays_exact(
     ch, url = _own_service(pipeline, "clickhouse-2", "clickhouse", "/ping")
     s = pipeline.settings
     _fast_retries(pipeline, clickhouse=s.clickhouse.model_copy(update={"url": url}))
+    pipeline.settings = pipeline.settings.model_copy(update={
+        "worker": pipeline.settings.worker.model_copy(update={"stall_after_s": 2.0})})
     _reconnect(pipeline)
     cs = pipeline.settings.clickhouse
     clickhouse.ensure_database(cs)
@@ -238,7 +241,10 @@ def test_clickhouse_outage_mid_stream_dead_letters_nothing_and_stays_exact(
         assert worker.alive(), "the worker stopped during a ClickHouse outage"
         letters = _dead_letters(pipeline)
         assert letters == [], _describe(letters)
-        assert _retrying(worker, "clickhouse"), "the worker is not retrying ClickHouse writes"
+        assert _retrying(worker, "ClickHouse"), "the worker is not retrying ClickHouse writes"
+        health = httpx.get(f"{pipeline.urls['worker']}/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "failing", health.text
+        assert {"events_insert", "rollup_flush"} & set(health.json()["stalled_stages"]), health.text
         _restart(ch)
     finally:
         producer.join(60)
@@ -254,3 +260,5 @@ def test_clickhouse_outage_mid_stream_dead_letters_nothing_and_stays_exact(
     assert pipeline.scalar("SELECT sum(count) FROM rollup_events_by_name_1m FINAL") == total
     assert _dead_letters(pipeline) == []
     assert worker.alive(), "the worker stopped after ClickHouse came back"
+    health = httpx.get(f"{pipeline.urls['worker']}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["stalled_stages"] == {}, health.text
