@@ -37,10 +37,12 @@ everything from above: watermarks (``min(timestamp, received_at)``) never move p
 of the worker that reads the event, so one producer whose clock runs an hour ahead cannot make
 its partition's other events late.
 
-What remains trusted: a Kafka producer sets CreateTime, so it can date its messages in the past
-and store old events (never future ones, never outside the columns). Setting events.raw to
-``message.timestamp.type=LogAppendTime`` makes the entry time the broker's clock. The collector
-(``check``) uses the same rules with ``now_ms`` as entry time.
+What remains trusted: a Kafka producer sets CreateTime. It can date its messages in the past
+and store old events (never future ones, never outside the columns); and while a worker lags or
+replays (``now_ms`` far ahead), a CreateTime ahead of its neighbours' leads them by its skew,
+up to ``now_ms``. Setting events.raw to ``message.timestamp.type=LogAppendTime`` makes the
+entry time the broker's clock and closes both. The collector (``check``) uses the same rules
+with ``now_ms`` as entry time.
 """
 
 from __future__ import annotations
