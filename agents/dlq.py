@@ -9,10 +9,11 @@ original is lost or rewritten.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agents.records import Invalid, SourceMeta
+from agents.records import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Invalid, SourceMeta
 
 H_STAGE = "rv.stage"
 H_ERROR_CLASS = "rv.error_class"
@@ -56,26 +57,83 @@ def headers(invalid: Invalid, failed_at_ms: int) -> list[tuple[str, bytes]]:
 
 @dataclass(frozen=True, slots=True)
 class Redrive:
-    """What a redriven message's headers say about the letter it came from."""
+    """What a redriven message's headers say about the letter it came from.
+
+    ``error`` is set when the message is marked as a redrive (``rv.redrive_of``) but its other
+    rv.* headers are missing, malformed or out of range: the message is then dead-lettered as a
+    whole (error class ``BadRedrive``), never guessed at. ``identity`` is then the message's
+    own position, ``attempt`` 1 and ``first_failed_at_ms`` None (the new letter fails now).
+    """
 
     identity: SourceMeta  # the original raw message's position
     only_index: int | None
     attempt: int  # the attempt this redrive is
-    first_failed_at_ms: int
+    first_failed_at_ms: int | None  # None: not given, the next failure is the first
+    error: str | None = None
+
+
+# Bounds of what a redrive header may say: the columns of the `dlq` table it ends up in
+# (UInt32 partition and attempt, UInt64 offset, Int32 event_index, DateTime64 first_failed_at)
+# and Kafka's own limits (topic names, int32 partitions, int64 offsets).
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_LETTER = re.compile(r"[0-9]{1,10}:[0-9]{1,19}")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
+
+
+class _BadHeader(ValueError):
+    pass
+
+
+def _number(headers: dict[str, str], name: str, low: int, high: int) -> int | None:
+    """The header as an integer in [low, high], None when absent; _BadHeader otherwise.
+
+    Only ASCII digits: ``int()`` would also take " 7", "+7", "7_0" and non-ASCII digits."""
+    text = headers.get(name)
+    if text is None:
+        return None
+    if not _DIGITS.fullmatch(text):
+        raise _BadHeader(f"{name} is not a non-negative integer")
+    value = int(text)
+    if not low <= value <= high:
+        raise _BadHeader(f"{name} {value} is outside {low}..{high}")
+    return value
+
+
+def _required(value: int | None, name: str) -> int:
+    if value is None:
+        raise _BadHeader(f"{name} is missing")
+    return value
 
 
 def redrive_of(headers: dict[str, str], fallback: SourceMeta) -> Redrive | None:
-    """The Redrive described by a raw message's headers, or None for an ordinary message."""
+    """The Redrive described by a raw message's headers, or None for an ordinary message.
+
+    Only ``rv.redrive_of`` makes a message a redrive: other rv.* headers on a message without
+    it (a producer copying headers along) are ignored, and its events are validated as usual.
+    A redrive whose headers do not describe a letter exactly gives a Redrive with ``error``.
+    Whether ``rv.event_index`` names an event of the message is checked when it is decoded.
+    """
     if H_REDRIVE_OF not in headers:
         return None
     try:
-        identity = SourceMeta(headers[H_SOURCE_TOPIC], int(headers[H_SOURCE_PARTITION]),
-                              int(headers[H_SOURCE_OFFSET]), fallback.timestamp_ms)
-        index = int(headers[H_EVENT_INDEX]) if H_EVENT_INDEX in headers else None
-        return Redrive(identity, index, int(headers.get(H_ATTEMPT, "2")),
-                       int(headers.get(H_FIRST_FAILED_AT, fallback.timestamp_ms)))
-    except (KeyError, ValueError):
-        return None
+        if not _LETTER.fullmatch(headers[H_REDRIVE_OF]):
+            raise _BadHeader(f"{H_REDRIVE_OF} is not PARTITION:OFFSET")
+        topic = headers.get(H_SOURCE_TOPIC)
+        if topic is None:
+            raise _BadHeader(f"{H_SOURCE_TOPIC} is missing")
+        if not _TOPIC.fullmatch(topic):
+            raise _BadHeader(f"{H_SOURCE_TOPIC} is not a Kafka topic name")
+        partition = _required(_number(headers, H_SOURCE_PARTITION, 0, _INT32_MAX), H_SOURCE_PARTITION)
+        offset = _required(_number(headers, H_SOURCE_OFFSET, 0, _INT64_MAX), H_SOURCE_OFFSET)
+        index = _number(headers, H_EVENT_INDEX, 0, _INT32_MAX)
+        attempt = _number(headers, H_ATTEMPT, 1, _INT32_MAX)
+        first_failed_at = _number(headers, H_FIRST_FAILED_AT, MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS)
+    except _BadHeader as exc:
+        return Redrive(fallback, None, 1, None, error=f"redrive header {exc}")
+    identity = SourceMeta(topic, partition, offset, fallback.timestamp_ms)
+    return Redrive(identity, index, 2 if attempt is None else attempt, first_failed_at)
 
 
 def redrive_headers(letter_headers: dict[str, str], letter: str) -> list[tuple[str, bytes]]:
@@ -89,9 +147,30 @@ def redrive_headers(letter_headers: dict[str, str], letter: str) -> list[tuple[s
 def parse_headers(
     raw: list[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None,
 ) -> dict[str, str]:
-    """Dead-letter headers as text, for listing and redrive."""
+    """The rv.* headers as text, for listing and redrive.
+
+    Any producer can write headers, so nothing here may raise: values that are not UTF-8 are
+    decoded with replacement characters (and then fail whatever parses them), a key given as
+    bytes is decoded the same way, anything else is skipped. A header repeated with several
+    values keeps the last one, as Kafka's ``Headers.lastHeader`` does.
+    """
     items = raw.items() if isinstance(raw, Mapping) else (raw or [])
-    return {k: (v or b"").decode("utf-8", "replace") for k, v in items if k.startswith("rv.")}
+    out: dict[str, str] = {}
+    for item in items:
+        if not isinstance(item, tuple) or len(item) != 2:
+            continue
+        key, value = item
+        if isinstance(key, (bytes, bytearray)):
+            key = bytes(key).decode("utf-8", "replace")
+        if not isinstance(key, str) or not key.startswith("rv."):
+            continue
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            out[key] = bytes(value).decode("utf-8", "replace")
+    return out
 
 
 PREVIEW_BYTES = 2048

@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
+# Every stored timestamp goes into events.ts / events.received_at (DateTime64(3, 'UTC'),
+# 1900-01-01 .. 2299-12-31) and, through its window, into a rollup's window_start
+# (DateTime('UTC'), 1970-01-01 00:00:00 .. 2106-02-07 06:28:15). Epoch milliseconds in this
+# closed range fit all of them (a window starts at or before its events).
+MIN_TIMESTAMP_MS = 0
+MAX_TIMESTAMP_MS = (2**32 - 1) * 1000 + 999
+
 
 @dataclass(frozen=True, slots=True)
 class SourceMeta:
@@ -13,7 +20,10 @@ class SourceMeta:
     topic: str
     partition: int
     offset: int
-    timestamp_ms: int  # Kafka message timestamp: the fallback for received_at.
+    # The Kafka message timestamp (CreateTime unless the topic uses LogAppendTime; -1: none).
+    # Producer-set data: the validate stage only uses it as the message's entry time, bounded
+    # by its own clock (see agents/validate.py).
+    timestamp_ms: int
 
 
 class CleanEvent(TypedDict):
@@ -61,7 +71,10 @@ class Invalid:
 
 @dataclass(slots=True)
 class MessageResult:
-    """The outcome of validating one raw message: every event in exactly one of the two lists."""
+    """The outcome of validating one raw message: every event in exactly one of the two lists,
+    except the ``skipped`` ones, dropped on purpose: the other events of a batch whose redriven
+    letter stands for one event only (they were stored when the message was first read)."""
 
     clean: list[CleanEvent] = field(default_factory=list)
     invalid: list[Invalid] = field(default_factory=list)
+    skipped: int = 0

@@ -1,8 +1,48 @@
 """The validate stage as a pure function: raw message bytes in, clean events and Invalids out.
 
-No Kafka, no registry, no clock: the caller passes the writer schemas it already resolved (by
-id, from the registry cache) and the message's metadata. Whatever the bytes are, the result is
-a MessageResult in which every event of the message lands in exactly one list; nothing raises.
+No Kafka, no registry, no clock of its own: the caller passes the writer schemas it already
+resolved (by id, from the registry cache), the message's metadata, the redrive its headers
+describe, and ``now_ms``, its processing clock. Whatever the bytes and headers are, the result
+is a MessageResult in which every event of the message lands in exactly one list (or is counted
+in ``skipped``: the other events of a redriven batch letter); nothing raises.
+
+Time: the pipeline owns it
+--------------------------
+Producers set an event's ``timestamp``, its ``context.received_at`` (when a Kafka producer
+writes Avro itself) and the Kafka CreateTime. None of them is trusted for windows or
+watermarks; each is data, checked against the clock of the process that receives it:
+
+1. **Entry time** ``entry``: when the message entered Rearview's Kafka. It is the Kafka
+   timestamp of the message, or for a redriven letter the letter's ``rv.first_failed_at``
+   (the redrive itself is a new message), whichever is earlier; and it is ``now_ms`` when that
+   is missing, negative, or later than ``now_ms``: a clock running ahead never dates a message
+   in the future.
+2. **Receive time** ``received_at`` = ``context.received_at`` if it lies within
+   ``[entry - max_receive_lag, min(entry + 1 s, now_ms)]`` and fits the columns, else ``entry``.
+   The collector stamps it with its own clock (then produces, so it precedes the entry time by
+   milliseconds); a Kafka producer that sets it can only move it into that bounded past, never
+   ahead of the worker's clock. The 1 s of slack absorbs hosts' clocks and Faust's float
+   seconds.
+3. **Event time**: ``timestamp`` must lie within ``[received_at - max_past, received_at +
+   max_future]`` and within ``[MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS]`` (1970-01-01 ..
+   2106-02-07 06:28:15.999, what events.ts, events.received_at and a rollup's window_start all
+   hold). Otherwise the event is a dead letter whose reason says which bound it crossed.
+
+Why the entry time and not ``now_ms`` alone: the verdict must not depend on when a message is
+read. A worker catching up a backlog, a replay of events.raw from an old offset, and a redrive
+of last month's letters all read messages long after they arrived; compared with ``now_ms``
+their old events would be dead-lettered for being old. Compared with the entry time, a replay
+gives the same verdict and the same ``received_at`` as the first read. ``now_ms`` still bounds
+everything from above: watermarks (``min(timestamp, received_at)``) never move past the clock
+of the worker that reads the event, so one producer whose clock runs an hour ahead cannot make
+its partition's other events late.
+
+What remains trusted: a Kafka producer sets CreateTime. It can date its messages in the past
+and store old events (never future ones, never outside the columns); and while a worker lags or
+replays (``now_ms`` far ahead), a CreateTime ahead of its neighbours' leads them by its skew,
+up to ``now_ms``. Setting events.raw to ``message.timestamp.type=LogAppendTime`` makes the
+entry time the broker's clock and closes both. The collector (``check``) uses the same rules
+with ``now_ms`` as entry time.
 """
 
 from __future__ import annotations
@@ -11,11 +51,20 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agents.codec import FramingError, Kind, WriterSchema, decode, split_frame
+from agents.dlq import Redrive
 from agents.properties import canonical
-from agents.records import CleanEvent, Invalid, MessageResult, SourceMeta
+from agents.records import (
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+    CleanEvent,
+    Invalid,
+    MessageResult,
+    SourceMeta,
+)
 
 # Events a producer wrote without an event_id get one derived from their position in Kafka,
 # so a redelivered message yields the same ids and is still stored once.
@@ -24,16 +73,24 @@ _PROVENANCE_NAMESPACE = uuid.UUID("6f1c1a8e-8f43-4c1e-9a36-3d8f2b0c9e51")
 DAY_MS = 86_400_000
 BASE_FIELDS = frozenset(("event_id", "project_id", "event_name", "user_id", "timestamp",
                          "properties", "context"))
+# A claimed receive time may be this much after the entry time (hosts' clocks, float seconds).
+RECEIVE_SLACK_MS = 1_000
+# Reasons quote a value whole, or not at all (redaction comes later, and must see all of it).
+_QUOTE_MAX = 256
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class Rules:
     event_name_pattern: str = r"^[A-Za-z0-9_$][A-Za-z0-9_ .:/$-]{0,127}$"
     max_user_id_length: int = 256
-    # Event time may lag the collector's receive time by this much (offline clients)...
+    max_project_id_length: int = 64
+    # Event time may lag its receive time by this much (offline clients)...
     max_past_ms: int = 365 * DAY_MS
     # ...and run ahead of it by this much (client clock skew).
     max_future_ms: int = DAY_MS
+    # A producer's context.received_at may precede the message's entry into Kafka by this much.
+    max_receive_lag_ms: int = DAY_MS
     max_properties: int = 256
     max_key_length: int = 128
     max_value_length: int = 8192
@@ -46,6 +103,26 @@ class _Reject(Exception):
         super().__init__(reason)
         self.error_class = error_class
         self.reason = reason
+
+
+def entry_time(meta: SourceMeta, now_ms: int, redrive: Redrive | None = None) -> int:
+    """When the message entered Rearview's Kafka, never after *now_ms* (module docstring, 1)."""
+    candidates = [meta.timestamp_ms]
+    if redrive is not None and redrive.first_failed_at_ms is not None:
+        candidates.append(redrive.first_failed_at_ms)
+    usable = [t for t in candidates if MIN_TIMESTAMP_MS <= t <= now_ms]
+    return min(usable) if usable else now_ms
+
+
+def _iso(ms: int) -> str:
+    if MIN_TIMESTAMP_MS <= ms <= MAX_TIMESTAMP_MS:
+        return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return f"{ms} ms"
+
+
+def _days(ms: int) -> str:
+    days = ms / DAY_MS
+    return f"{days:g} day" if days == 1 else f"{days:g} days"
 
 
 class Validator:
@@ -61,15 +138,19 @@ class Validator:
         key: bytes | None,
         meta: SourceMeta,
         schemas: Mapping[int, WriterSchema | None],
-        identity: SourceMeta | None = None,
-        only_index: int | None = None,
+        now_ms: int,
+        redrive: Redrive | None = None,
     ) -> MessageResult:
         """Validate one raw message. *schemas* maps ids to parsed writer schemas (None: unknown).
 
-        A redriven dead letter passes *identity*, the position of the original message, from
-        which events without an event_id derive theirs (so a redrive stores the same ids), and
-        *only_index* when the letter stands for one event of a batch (the others were clean).
-        Provenance columns keep *meta*, the message's own position.
+        *now_ms* is the caller's processing clock. *redrive* is what the message's headers say
+        when it redrives a dead letter (`agents.dlq.redrive_of`): its ``identity``, the position
+        of the original message, is where events without an event_id derive theirs from (so a
+        redrive stores the same ids), and its ``only_index`` names the one event of a batch the
+        letter stands for (the others were clean: they are counted in ``skipped``). A redrive
+        whose headers are inconsistent (``error``, or an index the message does not hold) is
+        dead-lettered whole as ``BadRedrive``. Provenance columns keep *meta*, the message's
+        own position.
         """
         result = MessageResult()
 
@@ -79,6 +160,8 @@ class Validator:
             )
             return result
 
+        if redrive is not None and redrive.error is not None:
+            return whole("BadRedrive", redrive.error)
         try:
             schema_id, body = split_frame(raw)
         except FramingError as exc:
@@ -97,13 +180,29 @@ class Validator:
             events = decoded.get("events") if isinstance(decoded, dict) else None
             if not isinstance(events, list):
                 return whole("WrongSchema", "batch message without an events array", schema_id)
+            if not events:
+                return whole("EmptyBatch", "batch message holds no events", schema_id)
         else:
             events = [decoded]
+        only_index = redrive.only_index if redrive is not None else None
+        if only_index is not None:
+            if not 0 <= only_index < len(events):
+                return whole(
+                    "BadRedrive",
+                    f"redrive header rv.event_index {only_index} is not an event of the message"
+                    f" (it holds {len(events)})",
+                    schema_id,
+                )
+            result.skipped = len(events) - 1
+        identity = redrive.identity if redrive is not None else meta
+        entry = entry_time(meta, now_ms, redrive)
         for index, record in enumerate(events):
             if only_index is not None and index != only_index:
                 continue
             try:
-                result.clean.append(self._event(record, schema_id, meta, index, identity or meta))
+                result.clean.append(
+                    self._event(record, schema_id, meta, index, identity, entry, now_ms)
+                )
             except _Reject as rej:
                 result.invalid.append(
                     Invalid(
@@ -112,30 +211,82 @@ class Validator:
                 )
         return result
 
-    def check(self, record: dict[str, Any], received_at_ms: int) -> str | None:
+    def check(self, record: dict[str, Any], now_ms: int) -> str | None:
         """Why *record* (an Event record) would be dead-lettered, or None: the collector asks
-        this before answering 202, so a client learns about a bad event at once."""
-        meta = SourceMeta("", 0, 0, received_at_ms)
+        this before answering 202, so a client learns about a bad event at once. *now_ms* is the
+        collector's clock, which is also the entry time of what it is about to produce."""
+        meta = SourceMeta("", 0, 0, now_ms)
         try:
-            self._event(record, 0, meta, 0, meta)
+            self._event(record, 0, meta, 0, meta, now_ms, now_ms)
         except _Reject as rej:
             return rej.reason
         return None
 
+    def _received_at(self, context: dict[str, Any], entry: int, now_ms: int) -> int:
+        """The event's receive time (module docstring, 2)."""
+        claimed = context.get("received_at")
+        if (
+            type(claimed) is int
+            and entry - self.rules.max_receive_lag_ms <= claimed
+            and claimed <= entry + RECEIVE_SLACK_MS
+            and MIN_TIMESTAMP_MS <= claimed <= now_ms
+        ):
+            return claimed
+        return entry
+
+    def _check_time(self, timestamp: int, received_at: int) -> None:
+        """The event time rules (module docstring, 3)."""
+        r = self.rules
+        if not MIN_TIMESTAMP_MS <= timestamp <= MAX_TIMESTAMP_MS:
+            raise _Reject(
+                "InvalidField",
+                f"timestamp is outside the storable range: {timestamp} ms is not within "
+                f"{_iso(MIN_TIMESTAMP_MS)} .. {_iso(MAX_TIMESTAMP_MS)}",
+            )
+        if timestamp < received_at - r.max_past_ms:
+            raise _Reject(
+                "InvalidField",
+                f"timestamp is further in the past than allowed: {_iso(timestamp)} is more than "
+                f"{_days(r.max_past_ms)} before its receive time {_iso(received_at)}",
+            )
+        if timestamp > received_at + r.max_future_ms:
+            raise _Reject(
+                "InvalidField",
+                f"timestamp is further in the future than allowed: {_iso(timestamp)} is more "
+                f"than {_days(r.max_future_ms)} after its receive time {_iso(received_at)}",
+            )
+
     def _event(
-        self, record: Any, schema_id: int, meta: SourceMeta, index: int, identity: SourceMeta
+        self,
+        record: Any,
+        schema_id: int,
+        meta: SourceMeta,
+        index: int,
+        identity: SourceMeta,
+        entry: int,
+        now_ms: int,
     ) -> CleanEvent:
         r = self.rules
         if not isinstance(record, dict):
             raise _Reject("WrongSchema", "record is not an Avro record")
         event_name = _required_str(record, "event_name")
         if not self._name_re.fullmatch(event_name):
-            raise _Reject(
-                "InvalidField", f"event_name {event_name[:64]!r} does not match {r.event_name_pattern}"
-            )
+            if len(event_name) <= _QUOTE_MAX:
+                reason = f"event_name {event_name!r} does not match {r.event_name_pattern}"
+            else:
+                reason = (f"event_name of {len(event_name)} characters does not match"
+                          f" {r.event_name_pattern}")
+            raise _Reject("InvalidField", reason)
         user_id = _required_str(record, "user_id")
         if len(user_id) > r.max_user_id_length:
             raise _Reject("InvalidField", f"user_id is longer than {r.max_user_id_length} characters")
+        project_id = record.get("project_id")
+        if not isinstance(project_id, str) or not project_id:
+            project_id = "default"
+        elif len(project_id) > r.max_project_id_length:
+            raise _Reject(
+                "InvalidField", f"project_id is longer than {r.max_project_id_length} characters"
+            )
 
         timestamp = record.get("timestamp")
         if type(timestamp) is not int:
@@ -143,13 +294,8 @@ class Validator:
         context = record.get("context")
         if not isinstance(context, dict):
             context = {}
-        received_at = context.get("received_at")
-        if type(received_at) is not int:
-            received_at = meta.timestamp_ms
-        if timestamp < received_at - r.max_past_ms:
-            raise _Reject("InvalidField", "timestamp is further in the past than allowed")
-        if timestamp > received_at + r.max_future_ms:
-            raise _Reject("InvalidField", "timestamp is further in the future than allowed")
+        received_at = self._received_at(context, entry, now_ms)
+        self._check_time(timestamp, received_at)
 
         properties = record.get("properties")
         if properties is None:
@@ -171,11 +317,18 @@ class Validator:
             raise _Reject("InvalidField", f"more than {r.max_properties} properties")
         for k, v in properties.items():
             if len(k) > r.max_key_length:
-                raise _Reject("InvalidField", f"property key {k[:32]!r}... is too long")
+                raise _Reject(
+                    "InvalidField",
+                    f"a property key of {len(k)} characters is longer than {r.max_key_length}",
+                )
             if not isinstance(v, str):
                 raise _Reject("InvalidField", f"property {k!r} is not a string")
             if len(v) > r.max_value_length:
-                raise _Reject("InvalidField", f"property {k!r} value is too long")
+                raise _Reject(
+                    "InvalidField",
+                    f"property {k!r} value is too long: {len(v)} characters, at most"
+                    f" {r.max_value_length}",
+                )
 
         event_id = record.get("event_id")
         if event_id is None:
@@ -189,10 +342,9 @@ class Validator:
             except (ValueError, TypeError, AttributeError):
                 raise _Reject("InvalidField", "event_id is not a UUID") from None
 
-        project_id = record.get("project_id")
         return CleanEvent(
             event_id=event_id,
-            project_id=project_id if isinstance(project_id, str) and project_id else "default",
+            project_id=project_id,
             event_name=event_name,
             user_id=user_id,
             timestamp=timestamp,

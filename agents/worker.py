@@ -111,9 +111,7 @@ def validate_batch(
         meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
         redrive = dlq.redrive_of(dlq.parse_headers(msg.headers), meta) if msg.headers else None
         result = deps.validator.validate_message(
-            msg.value, msg.key, meta, deps.schemas.known,
-            identity=redrive.identity if redrive else None,
-            only_index=redrive.only_index if redrive else None,
+            msg.value, msg.key, meta, deps.schemas.known, now_ms, redrive=redrive
         )
         if redrive is not None:
             result.invalid[:] = [

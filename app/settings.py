@@ -102,12 +102,19 @@ class WorkerSettings(BaseModel):
 
 
 class ValidationSettings(BaseModel):
-    """The validate stage's rules (agents/validate.py); a violation dead-letters the event."""
+    """The validate stage's rules (agents/validate.py); a violation dead-letters the event.
+
+    Times are checked against the event's receive time, which the pipeline stamps or bounds
+    by its own clock (agents/validate.py explains the rule).
+    """
 
     event_name_pattern: str = r"^[A-Za-z0-9_$][A-Za-z0-9_ .:/$-]{0,127}$"
     max_user_id_length: int = Field(default=256, ge=1)
+    max_project_id_length: int = Field(default=64, ge=1)
     max_past_s: int = Field(default=365 * 86400, ge=0)  # event time before receive time
     max_future_s: int = Field(default=86400, ge=0)  # event time after receive time
+    # How long before its message entered Kafka a producer's context.received_at may be.
+    max_receive_lag_s: int = Field(default=86400, ge=0)
     max_properties: int = Field(default=256, ge=0)
     max_key_length: int = Field(default=128, ge=1)
     max_value_length: int = Field(default=8192, ge=1)
@@ -116,8 +123,10 @@ class ValidationSettings(BaseModel):
         return Rules(
             event_name_pattern=self.event_name_pattern,
             max_user_id_length=self.max_user_id_length,
+            max_project_id_length=self.max_project_id_length,
             max_past_ms=self.max_past_s * 1000,
             max_future_ms=self.max_future_s * 1000,
+            max_receive_lag_ms=self.max_receive_lag_s * 1000,
             max_properties=self.max_properties,
             max_key_length=self.max_key_length,
             max_value_length=self.max_value_length,

@@ -150,7 +150,7 @@ def main() -> None:
     def validate_only() -> int:
         n = 0
         for raw, meta in zip(messages, metas):
-            n += len(validator.validate_message(raw, None, meta, schemas_by_id).clean)
+            n += len(validator.validate_message(raw, None, meta, schemas_by_id, NOW_MS).clean)
         return n
 
     totals: Counter[str] = Counter()
@@ -164,7 +164,7 @@ def main() -> None:
         redact = redactor.redact_event
         clock = time.thread_time
         for raw, meta in zip(messages, metas):
-            clean = validator.validate_message(raw, None, meta, schemas_by_id).clean
+            clean = validator.validate_message(raw, None, meta, schemas_by_id, NOW_MS).clean
             start = clock()
             for event in clean:
                 _redacted, counts = redact(event)

@@ -4,22 +4,38 @@ Accepted shape (see schemas/examples/):
     {"event" | "event_name": str, "user_id": str | int, "timestamp"?: ISO-8601 | epoch ms,
      "event_id"?: uuid, "properties"?: {str: scalar}, "context"?: {"library"?: str}}
 
-Property values are a map<string,string> in the schema. Scalars are stringified canonically,
-so nothing is lost and the same value always gives the same text: a string stays as is, an
-integer is its decimal digits, a float its shortest round-trip repr (100.0 -> "100.0"),
-true/false become "true"/"false", and null drops the key. Nested objects and arrays are
-refused with 400 naming the key: flattening guesses a structure the producer did not state.
-NaN and infinity are refused (they are not JSON).
+Property values are a map<string,string> in the schema. Scalars are stringified canonically
+(agents/properties.py), so nothing is lost and the same number always gives the same text
+whatever path it took: a string stays as is, an integer of any size is its decimal digits, an
+integral float up to 2^53 is the integer's digits (149.0 -> "149"), any other float its
+shortest round-trip repr (19.5 -> "19.5"), true/false become "true"/"false", and null drops the
+key. Nested objects and arrays are refused with 400 naming the key: flattening guesses a
+structure the producer did not state. NaN and infinity are refused (they are not JSON).
+
+`parse_body` parses a request body so that integers keep their digits: orjson, the fast path,
+turns an integer literal beyond 64 bits into a float (12345678901234567890123 becomes
+1.2345678901234568e+22), so a body holding such a literal is parsed again with the standard
+library, which keeps it an integer.
+
+The receive time is the collector's: ``context.received_at`` is always ``received_at_ms``,
+whatever the payload says. The timestamp must fit every column it goes into (1970-01-01 ..
+2106-02-07); the time rules relative to the receive time are the validate stage's
+(`Validator.check`), which the API applies before answering 202.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import orjson
+
 from agents.properties import canonical
+from agents.records import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
 from app.exceptions import RearviewError
 
 
@@ -31,6 +47,35 @@ def _fail(where: str, message: str) -> BadEvent:
     return BadEvent(f"{where}{message}")
 
 
+# Any integer literal orjson cannot hold (beyond -2^63 .. 2^64-1) has at least 19 digits. The
+# pattern may also match inside strings or fractions: those bodies are merely parsed twice.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(data: bytes) -> Any:
+    """The JSON document in a request body, integers of any size as ints; BadEvent if none."""
+    if not data:
+        raise BadEvent("the request body is empty; send a JSON object")
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent(f"the request body is not valid JSON: {exc}") from None
+    if _LONG_DIGITS.search(data) is None:
+        return doc
+    # orjson accepted it, so it is UTF-8 JSON without NaN or Infinity and at most 1024 levels
+    # deep; only the numbers can come out differently.
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise BadEvent("the request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer beyond sys.get_int_max_str_digits() digits
+        raise BadEvent(f"the request body is not valid JSON: {exc}") from None
+
+
 def _stringify(where: str, key: str, value: Any) -> str | None:
     try:
         return canonical(value)
@@ -38,14 +83,15 @@ def _stringify(where: str, key: str, value: Any) -> str | None:
         raise _fail(where, f"properties.{key} {exc}") from None
 
 
-# Epoch milliseconds from 1970 to the end of year 9999: what DateTime64(3) and Avro's long hold.
-MAX_TIMESTAMP_MS = 253_402_300_799_999
+_RANGE = "1970-01-01 .. 2106-02-07"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_QUOTE_MAX = 64  # an unparsable timestamp string is quoted whole up to this length, else not
 
 
 def _timestamp_ms(where: str, value: Any, default_ms: int) -> int:
     ms = _parse_timestamp_ms(where, value, default_ms)
-    if not 0 <= ms <= MAX_TIMESTAMP_MS:
-        raise _fail(where, "timestamp is outside 1970-01-01 .. 9999-12-31")
+    if not MIN_TIMESTAMP_MS <= ms <= MAX_TIMESTAMP_MS:
+        raise _fail(where, f"timestamp is outside {_RANGE}")
     return ms
 
 
@@ -59,18 +105,20 @@ def _parse_timestamp_ms(where: str, value: Any, default_ms: int) -> int:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _fail(where, "timestamp is not a finite number")
-        return int(value)
+        return math.floor(value)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
         except ValueError:
-            raise _fail(where, f"timestamp {value[:40]!r} is not ISO-8601") from None
+            quoted = repr(value) if len(value) <= _QUOTE_MAX else f"of {len(value)} characters"
+            raise _fail(where, f"timestamp {quoted} is not ISO-8601") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
         try:
-            return int(parsed.timestamp() * 1000)
-        except (OverflowError, ValueError, OSError):
-            raise _fail(where, "timestamp is outside 1970-01-01 .. 9999-12-31") from None
+            # Integer arithmetic: float seconds * 1000 can land a millisecond short.
+            return (parsed - _EPOCH) // timedelta(milliseconds=1)
+        except OverflowError:
+            raise _fail(where, f"timestamp is outside {_RANGE}") from None
     raise _fail(where, "timestamp must be an ISO-8601 string or epoch milliseconds")
 
 

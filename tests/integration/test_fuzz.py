@@ -34,10 +34,12 @@ from hypothesis import strategies as st
 import schemas
 from agents import dlq
 from agents.codec import BatchWriter, frame
+from agents.records import MAX_TIMESTAMP_MS
 from app.embedded.broker import ensure_topics, pipeline_topics
 from app.embedded.process import ChildProcess
 from app.schema_registry import register
 from app.settings import ApiSettings
+from app.verify import verify
 from tests.integration.conftest import Pipeline, Services, wait_for
 
 pytestmark = pytest.mark.integration
@@ -687,6 +689,11 @@ def avro_event(received_at: int, **kw: Any) -> dict[str, Any]:
     }
 
 
+# Event times no column can hold (issue 8): each crashed or wedged a stage, or was stored as
+# year 0000, when the producer set context.received_at (or the Kafka CreateTime) to match.
+YEAR_3000_MS = 32_503_680_000_000
+EXTREME_TIMES = [2**62, 2**63 - 1, YEAR_3000_MS, MAX_TIMESTAMP_MS + 1, -(2**50), -(2**63), -1]
+
 BAD_NAME_CHARS = "#!@%^&*()+=[]{}|\\;'\"<>?,`~é\t"
 
 
@@ -702,7 +709,9 @@ def raw_events(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
         properties=draw(st.dictionaries(st.text(max_size=128), st.text(max_size=100), max_size=5)),
     )
     flaw = draw(
-        st.sampled_from(["none"] * 6 + ["name", "user_id", "timestamp", "properties", "event_id"])
+        st.sampled_from(
+            ["none"] * 6 + ["name", "user_id", "timestamp", "forged_time", "properties", "event_id"]
+        )
     )
     if flaw == "none":
         return ev, True
@@ -727,6 +736,9 @@ def raw_events(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
     elif flaw == "timestamp":
         off = draw(st.integers(3_600_000, 3650 * DAY_MS))
         ev["timestamp"] = draw(st.sampled_from([now - 365 * DAY_MS - off, now + DAY_MS + off]))
+    elif flaw == "forged_time":  # a time no column holds, and a receive time that agrees
+        ev["timestamp"] = draw(st.sampled_from(EXTREME_TIMES))
+        ev["context"]["received_at"] = draw(st.sampled_from([ev["timestamp"], None, now]))
     elif flaw == "properties":
         ev["properties"] = draw(
             st.sampled_from(
@@ -768,6 +780,8 @@ def test_garbage_on_the_raw_topic_is_dead_lettered_once_and_never_stops_the_work
 
     def batch_of(events: list[tuple[dict[str, Any], bool]]) -> tuple[bytes, int, list[int | None]]:
         value = writer.encode([e for e, _ in events])
+        if not events:  # an empty batch is one letter for the whole message, not nothing
+            return value, 0, [None]
         return value, sum(ok for _, ok in events), [i for i, (_, ok) in enumerate(events) if not ok]
 
     @settings(deadline=None, max_examples=300, database=None)
@@ -996,3 +1010,202 @@ def test_a_tombstone_on_the_raw_topic_is_dead_lettered_and_never_stops_the_worke
             + _log_lines(pipeline, "Crashed", "Error", 'File "/'),
         )
     assert worker.alive()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile producers: forged redrive headers, forged clocks (issue 8)
+# ---------------------------------------------------------------------------------------------
+
+HOUR_MS = 3_600_000
+# Kafka CreateTimes a producer can set on a message. Ahead of the worker's clock, the worker's
+# clock is used instead; 1 ms (1970) dates the message before any of today's events, which then
+# run more than a day ahead of their receive time: dead letters.
+CLOCKS = ["own", "hour_ahead", "year_3000", "2^62", "1970"]
+
+
+def create_time(clock: str) -> int | None:
+    """The CreateTime to set, None to let the producer's client stamp the real time."""
+    return {"own": None, "hour_ahead": now_ms() + HOUR_MS, "year_3000": YEAR_3000_MS,
+            "2^62": 2**62, "1970": 1}[clock]
+
+
+# Redrive headers that do not describe a letter: the message is one BadRedrive letter.
+GARBLED: list[tuple[str, bytes | None]] = [
+    (dlq.H_EVENT_INDEX, b"-1"),
+    (dlq.H_EVENT_INDEX, b"\xff\xfe"),
+    (dlq.H_EVENT_INDEX, b" 1"),
+    (dlq.H_SOURCE_OFFSET, str(2**64).encode()),
+    (dlq.H_SOURCE_PARTITION, None),
+    (dlq.H_SOURCE_TOPIC, b"not a topic"),
+    (dlq.H_ATTEMPT, b"0"),
+    (dlq.H_FIRST_FAILED_AT, str(2**62).encode()),
+    (dlq.H_REDRIVE_OF, b"yes"),
+]
+
+
+@st.composite
+def timed_events(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
+    """(an event, whether it is valid when its message's entry time is honest)."""
+    now = now_ms()
+    kind = draw(st.sampled_from(["now", "skewed", "old", "extreme"]))
+    if kind == "now":
+        ts, received = now + draw(st.integers(-60_000, 60_000)), now
+    elif kind == "skewed":  # the producer's clock runs an hour ahead, and it says so twice
+        ts = received = now + HOUR_MS
+    elif kind == "old":  # an offline client's backlog, received now
+        ts, received = now - draw(st.integers(1, 300)) * DAY_MS, now
+    else:
+        ts = draw(st.sampled_from(EXTREME_TIMES))
+        received = draw(st.sampled_from([ts, now]))
+    ev = avro_event(received, timestamp=ts, event_name=draw(names),
+                    user_id=draw(st.text(min_size=1, max_size=20)))
+    return ev, kind != "extreme"
+
+
+def test_forged_headers_and_clocks_keep_every_event_accounted_for_and_the_pipeline_flowing(
+    pipeline: Pipeline,
+) -> None:
+    """Issue 8's hostile producer, with one worker running throughout.
+
+    Each message may carry forged rv.* headers (copied without the redrive marker, a
+    well-formed redrive of one of its events, an index it does not hold, garbled values) and a
+    forged Kafka CreateTime; its events may carry clocks an hour ahead or times no column holds.
+    Every event read ends stored, dead-lettered or, for the other events of a redriven batch,
+    skipped on purpose: stored = valid and the letters are exactly the expected (bytes, index)
+    pairs. Then one producer an hour ahead must not make its partition's other events late, the
+    rollups must still equal the raw events, and events sent last must still be stored.
+    """
+    s = pipeline.settings
+    raw = s.kafka.topics.raw
+    writer = BatchWriter(schemas.EVENT_BATCH, register(s.registry.url, raw, schemas.EVENT_BATCH))
+    ledger = Ledger()
+    skipped = 0
+    producer = pipeline.producer()
+    worker = pipeline.start_worker()
+
+    def send(value: bytes, headers: list[tuple[str, bytes | None]], create: int | None,
+             partition: int | None = None) -> None:
+        kwargs: dict[str, Any] = {"headers": headers} if headers else {}
+        if create is not None:
+            kwargs["timestamp"] = create
+        if partition is not None:
+            kwargs["partition"] = partition
+        producer.produce(raw, value=value, **kwargs)
+        producer.poll(0)
+
+    @settings(deadline=None, max_examples=150, database=None)
+    @given(
+        events=st.lists(timed_events(), max_size=8),
+        clock=st.sampled_from(CLOCKS),
+        headers_kind=st.sampled_from(["none", "copied", "redrive", "index_out", "garbled"]),
+        data=st.data(),
+    )
+    def hostile(events: list[tuple[dict[str, Any], bool]], clock: str, headers_kind: str,
+                data: st.DataObject) -> None:
+        nonlocal skipped
+        value = writer.encode([e for e, _ in events])
+        create = create_time(clock)
+        fates = [ok and clock != "1970" for _, ok in events]
+        letter = {
+            dlq.H_REDRIVE_OF: b"0:1", dlq.H_SOURCE_TOPIC: raw.encode(),
+            dlq.H_SOURCE_PARTITION: str(data.draw(st.integers(0, 3))).encode(),
+            dlq.H_SOURCE_OFFSET: str(data.draw(st.integers(0, 10**6))).encode(),
+            dlq.H_ATTEMPT: b"2", dlq.H_FIRST_FAILED_AT: str(now_ms() - 60_000).encode(),
+        }
+        headers: list[tuple[str, bytes | None]] = []
+        if headers_kind == "copied":  # rv.* headers without the redrive marker: ignored
+            copied = {k: v for k, v in letter.items() if k != dlq.H_REDRIVE_OF}
+            copied[dlq.H_EVENT_INDEX] = data.draw(st.binary(max_size=3))
+            headers = list(copied.items())
+        elif headers_kind == "redrive" and events:  # the letter of one event of this batch
+            index = data.draw(st.integers(0, len(events) - 1))
+            headers = [*letter.items(), (dlq.H_EVENT_INDEX, str(index).encode())]
+            send(value, headers, create)
+            ledger.add(value, int(fates[index]), [] if fates[index] else [index])
+            skipped += len(events) - 1
+            return
+        elif headers_kind in ("index_out", "redrive"):  # no such event in the message
+            index = len(events) + data.draw(st.integers(0, 3))
+            headers = [*letter.items(), (dlq.H_EVENT_INDEX, str(index).encode())]
+            send(value, headers, create)
+            ledger.add(value, 0, [None])
+            return
+        elif headers_kind == "garbled":
+            name, bad = data.draw(st.sampled_from(GARBLED))
+            headers = [(k, v) for k, v in letter.items() if k != name]
+            if bad is not None:
+                headers.append((name, bad))
+            send(value, headers, create)
+            ledger.add(value, 0, [None])
+            return
+        send(value, headers, create)
+        if not events:
+            ledger.add(value, 0, [None])  # an empty batch
+        else:
+            ledger.add(value, sum(fates), [i for i, ok in enumerate(fates) if not ok])
+
+    hostile()
+    assert producer.flush(30) == 0
+
+    # One partition: a producer whose clock runs an hour ahead, then 50 honest events of now.
+    now = now_ms()
+    ahead = [avro_event(now + HOUR_MS, event_name="skewed_clock", user_id=f"s{i}") for i in range(5)]
+    honest = [avro_event(now, timestamp=now - 20_000, event_name="honest_now", user_id=f"h{i}")
+              for i in range(50)]
+    send(writer.encode(ahead), [], now + HOUR_MS, partition=0)
+    send(writer.encode(honest), [], None, partition=0)
+    ledger.add(None, 55)
+    assert producer.flush(30) == 0
+
+    letters_expected = sum(ledger.letters.values())
+    wait_for(lambda: pipeline.stored() >= ledger.valid, 120, f"{ledger.valid} valid events stored")
+    letters = pipeline.consume_all(s.kafka.topics.dlq, expected=letters_expected, timeout_s=60)
+    got = Counter[tuple[bytes | None, int | None]]()
+    for m in letters:
+        h = dlq.parse_headers(m.headers())
+        assert h["rv.source_topic"] == raw and h["rv.reason"], h
+        index = h.get("rv.event_index")
+        got[(m.value(), int(index) if index is not None else None)] += 1
+    missing, extra = ledger.letters - got, got - ledger.letters
+    assert not missing and not extra, (
+        f"dead letters: {len(letters)} for {letters_expected} expected; missing "
+        f"{[(v[:30] if v else v, i) for v, i in missing][:5]}, unexpected "
+        f"{[(v[:30] if v else v, i) for v, i in extra][:5]}"
+    )
+    assert pipeline.stored() == ledger.valid, f"{skipped} events skipped as redrive siblings"
+    # Every stored time fits every column, and no receive time is ahead of the worker's clock.
+    out_of_range = pipeline.scalar(
+        "SELECT countIf(ts < toDateTime64('1970-01-01', 3, 'UTC')"
+        " OR ts > toDateTime64('2106-02-07 06:28:15.999', 3, 'UTC')"
+        " OR received_at > now64(3) OR received_at < toDateTime64('1970-01-01', 3, 'UTC'))"
+        " FROM events"
+    )
+    assert out_of_range == 0
+    wait_for(
+        lambda: pipeline.ch.query(
+            "SELECT sum(count) + sum(late) FROM rollup_events_by_name_1m FINAL"
+            " WHERE event_name = 'honest_now'"
+        ).result_rows[0][0] == 50,
+        60, "the honest events in the minute rollup",
+    )
+    honest_rollup = pipeline.ch.query(
+        "SELECT sum(count), sum(late) FROM rollup_events_by_name_1m FINAL"
+        " WHERE event_name = 'honest_now'"
+    ).result_rows
+    assert honest_rollup == [(50, 0)], (
+        f"(count, late) of 50 honest events after a producer an hour ahead: {honest_rollup}"
+    )
+    reports = wait_for(lambda: _rollups_agree(pipeline), 90, "rollups equal to raw events")
+    assert all(r.differences == [] for r in reports)
+    # ... and the pipeline still flows: events sent last are stored.
+    after = writer.encode([avro_event(now_ms(), user_id=f"after-{i}") for i in range(10)])
+    send(after, [], None)
+    assert producer.flush(30) == 0
+    wait_for(lambda: pipeline.stored() == ledger.valid + 10, 60, "the 10 events sent last")
+    wait_for(lambda: _dlq_rows(pipeline) == letters_expected, 30, f"{letters_expected} dlq rows")
+    assert worker.alive()
+
+
+def _rollups_agree(pipeline: Pipeline) -> Any:
+    reports = verify(pipeline.ch, pipeline.settings.aggregate.rollups)
+    return reports if all(r.differences == [] for r in reports) else None

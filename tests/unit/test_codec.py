@@ -1,4 +1,5 @@
 import io
+import json
 
 import fastavro
 import pytest
@@ -6,7 +7,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import schemas
-from agents.codec import BatchWriter, FramingError, Kind, decode, frame, split_frame, writer_schema
+from agents.codec import (
+    BatchWriter,
+    FramingError,
+    Kind,
+    decode,
+    frame,
+    split_frame,
+    with_reader,
+    writer_schema,
+)
 
 
 def event(i: int = 0) -> dict:
@@ -69,3 +79,42 @@ def test_trailing_bytes_are_an_error() -> None:
     body = split_frame(writer.encode([event()]))[1] + b"\x00\x01"
     with pytest.raises(ValueError, match="trailing bytes"):
         decode(body, writer_schema(7, schemas.schema_str(schemas.EVENT_BATCH)))
+
+
+def _purchase(price_type: object) -> str:
+    doc = schemas.load(schemas.EVENT)
+    doc.update(name="Purchase", namespace="com.shop")
+    doc["fields"] = [*doc["fields"], {"name": "price", "type": price_type}]
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("writer_type", "reader_type", "value"),
+    [
+        ("int", "double", 149),
+        ("int", "float", 149),
+        ("long", "double", 2**62 + 1),
+        (["null", "int"], ["null", "double"], 149),
+        (["null", "long"], ["null", "int", "double"], 2**40 + 1),  # "int" cannot read a long
+        ("int", ["double", "null"], 7),
+    ],
+)
+def test_a_reader_that_promotes_an_int_to_a_double_still_reads_the_int(
+    writer_type: object, reader_type: object, value: int
+) -> None:
+    w_text, r_text = _purchase(writer_type), _purchase(reader_type)
+    resolved = with_reader(writer_schema(20, w_text), 21, r_text)
+    assert resolved.resolution_error is None
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(json.loads(w_text)),
+                               {**event(), "price": value})
+    decoded = decode(buf.getvalue(), resolved)
+    assert decoded["price"] == value and type(decoded["price"]) is int
+
+
+def test_a_double_writer_through_a_double_reader_is_untouched() -> None:
+    w_text = _purchase(["null", "double"])
+    resolved = with_reader(writer_schema(20, w_text), 21, _purchase(["null", "double", "string"]))
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(json.loads(w_text)), {**event(), "price": 0.1})
+    assert decode(buf.getvalue(), resolved)["price"] == 0.1

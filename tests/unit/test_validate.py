@@ -2,6 +2,7 @@ import io
 import uuid
 
 import fastavro
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,6 +10,7 @@ import schemas
 from agents.codec import BatchWriter, frame, writer_schema
 from agents.records import SourceMeta
 from agents.validate import Rules, Validator
+from app.settings import Settings
 
 NOW = 1_796_116_500_000
 META = SourceMeta("events.raw", 2, 41, NOW)
@@ -48,7 +50,7 @@ validator = Validator()
 
 def test_a_good_batch_is_all_clean_with_provenance() -> None:
     raw = batch(event(user_id="a"), event(user_id="b"))
-    result = validator.validate_message(raw, None, META, SCHEMAS)
+    result = validator.validate_message(raw, None, META, SCHEMAS, NOW)
     assert result.invalid == []
     assert [(e["user_id"], e["source_partition"], e["source_offset"], e["source_index"]) for e in result.clean] == [
         ("a", 2, 41, 0),
@@ -58,13 +60,13 @@ def test_a_good_batch_is_all_clean_with_provenance() -> None:
 
 
 def test_a_single_event_message_from_a_stock_serializer_is_accepted() -> None:
-    result = validator.validate_message(single(event()), None, META, SCHEMAS)
+    result = validator.validate_message(single(event()), None, META, SCHEMAS, NOW)
     assert len(result.clean) == 1 and not result.invalid
 
 
 def test_one_bad_event_inside_a_good_batch_is_dead_lettered_alone_with_its_position() -> None:
     raw = batch(event(), event(event_name=""), event())
-    result = validator.validate_message(raw, b"k", META, SCHEMAS)
+    result = validator.validate_message(raw, b"k", META, SCHEMAS, NOW)
     assert len(result.clean) == 2
     [bad] = result.invalid
     assert bad.index == 1 and bad.raw == raw and bad.key == b"k"
@@ -73,9 +75,9 @@ def test_one_bad_event_inside_a_good_batch_is_dead_lettered_alone_with_its_posit
 
 def test_unknown_schema_id_and_bad_framing_dead_letter_the_whole_message() -> None:
     unknown = frame(999, b"\x00")
-    r = validator.validate_message(unknown, None, META, {**SCHEMAS, 999: None})
+    r = validator.validate_message(unknown, None, META, {**SCHEMAS, 999: None}, NOW)
     assert r.invalid[0].error_class == "UnknownSchema" and "999" in r.invalid[0].reason
-    r = validator.validate_message(b"\x07garbage", None, META, SCHEMAS)
+    r = validator.validate_message(b"\x07garbage", None, META, SCHEMAS, NOW)
     assert r.invalid[0].error_class == "FramingError" and r.invalid[0].index is None
 
 
@@ -93,15 +95,18 @@ def test_rules_name_the_field() -> None:
         if ev["user_id"] is None:
             ev = {**ev, "user_id": ""}
             reason = "user_id is empty"
-        result = strict.validate_message(batch(ev), None, META, SCHEMAS)
+        result = strict.validate_message(batch(ev), None, META, SCHEMAS, NOW)
         assert not result.clean, reason
         assert reason in result.invalid[0].reason
 
 
 def test_time_rules_use_the_receive_time_so_replays_of_old_data_stay_valid() -> None:
+    # A replay reads a message years after it entered Kafka: its Kafka timestamp is that old.
     old = NOW - 3 * 365 * 86_400_000
     ev = event(timestamp=old - 1000, context={"ip": None, "user_agent": None, "library": None, "received_at": old})
-    assert len(validator.validate_message(batch(ev), None, META, SCHEMAS).clean) == 1
+    replayed_meta = SourceMeta("events.raw", 2, 41, old + 5)
+    [clean] = validator.validate_message(batch(ev), None, replayed_meta, SCHEMAS, NOW).clean
+    assert clean["received_at"] == old
 
 
 def test_missing_event_id_gets_a_stable_id_from_its_position() -> None:
@@ -116,9 +121,9 @@ def test_missing_event_id_gets_a_stable_id_from_its_position() -> None:
     del ev["event_id"]
     fastavro.schemaless_writer(buf, fastavro.parse_schema(no_id), ev)
     raw = frame(12, buf.getvalue())
-    first = validator.validate_message(raw, None, META, parsed).clean[0]["event_id"]
-    again = validator.validate_message(raw, None, META, parsed).clean[0]["event_id"]
-    elsewhere = validator.validate_message(raw, None, SourceMeta("events.raw", 2, 42, NOW), parsed).clean[0]["event_id"]
+    first = validator.validate_message(raw, None, META, parsed, NOW).clean[0]["event_id"]
+    again = validator.validate_message(raw, None, META, parsed, NOW).clean[0]["event_id"]
+    elsewhere = validator.validate_message(raw, None, SourceMeta("events.raw", 2, 42, NOW), parsed, NOW).clean[0]["event_id"]
     assert first == again != elsewhere
     uuid.UUID(first)
 
@@ -126,7 +131,7 @@ def test_missing_event_id_gets_a_stable_id_from_its_position() -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_raise_and_every_message_ends_somewhere(raw: bytes) -> None:
-    result = validator.validate_message(raw, None, META, SCHEMAS)
+    result = validator.validate_message(raw, None, META, SCHEMAS, NOW)
     assert result.clean or result.invalid
 
 
@@ -138,7 +143,7 @@ def test_corrupted_batches_never_raise(data: st.DataObject) -> None:
         pos = data.draw(st.integers(5, len(raw) - 1))
         raw[pos] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(5, len(raw)))
-    result = validator.validate_message(bytes(raw[:cut]), None, META, SCHEMAS)
+    result = validator.validate_message(bytes(raw[:cut]), None, META, SCHEMAS, NOW)
     assert result.clean or result.invalid
 
 
@@ -163,9 +168,10 @@ def test_a_writer_is_resolved_to_the_reader_and_added_fields_take_their_defaults
     import json
 
     fastavro.schemaless_writer(buf, fastavro.parse_schema(json.loads(writer_text)), {**event(), "price": 100})
-    result = validator.validate_message(frame(20, buf.getvalue()), None, META, {20: resolved})
+    result = validator.validate_message(frame(20, buf.getvalue()), None, META, {20: resolved}, NOW)
     [clean] = result.clean
-    assert clean["properties"]["price"] == "100.0" and clean["properties"]["currency"] == "USD"
+    # The int the writer wrote keeps its spelling through the double reader: "100", as over HTTP.
+    assert clean["properties"]["price"] == "100" and clean["properties"]["currency"] == "USD"
 
 
 def test_an_unreadable_writer_is_invalid_with_the_field_named() -> None:
@@ -174,6 +180,33 @@ def test_an_unreadable_writer_is_invalid_with_the_field_named() -> None:
     resolved = with_reader(writer_schema(30, _typed([{"name": "price", "type": "int"}])), 31,
                            _typed([{"name": "price", "type": "string"}]))
     assert resolved.resolution_error and "price" in resolved.resolution_error
-    result = validator.validate_message(frame(30, b"\x00"), None, META, {30: resolved})
+    result = validator.validate_message(frame(30, b"\x00"), None, META, {30: resolved}, NOW)
     [bad] = result.invalid
     assert bad.error_class == "ResolutionError" and "'price'" in bad.reason
+
+
+def test_project_id_has_a_length_limit_configurable_in_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RV_VALIDATION__MAX_PROJECT_ID_LENGTH", "8")
+    monkeypatch.setenv("RV_VALIDATION__MAX_RECEIVE_LAG_S", "60")
+    rules = Settings().validation.rules()
+    assert rules.max_project_id_length == 8 and rules.max_receive_lag_ms == 60_000
+    strict = Validator(rules)
+    assert strict.validate_message(batch(event(project_id="shop")), None, META, SCHEMAS, NOW).clean
+    [bad] = strict.validate_message(batch(event(project_id="p" * 9)), None, META, SCHEMAS, NOW).invalid
+    assert bad.reason == "project_id is longer than 8 characters"
+    assert strict.check(event(project_id="p" * 9), NOW) == "project_id is longer than 8 characters"
+
+
+def test_reasons_quote_a_value_whole_or_not_at_all() -> None:
+    # Redaction runs on the reason later: a value cut short could hide what it must find.
+    name = "email jane.doe@example.com!" + "x" * 60
+    [bad] = validator.validate_message(batch(event(event_name=name)), None, META, SCHEMAS, NOW).invalid
+    assert repr(name) in bad.reason
+    long_name = "#" * 300
+    [bad] = validator.validate_message(batch(event(event_name=long_name)), None, META, SCHEMAS, NOW).invalid
+    assert "event_name of 300 characters" in bad.reason and "#" * 20 not in bad.reason
+    key = "card 4111 1111 1111 1111 " + "k" * 200
+    [bad] = validator.validate_message(batch(event(properties={key: "v"})), None, META, SCHEMAS, NOW).invalid
+    assert "property key of 225 characters" in bad.reason and "4111" not in bad.reason
