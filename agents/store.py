@@ -9,7 +9,10 @@ re-production after a crash) arrives on one partition, read in order by one agen
    table (first copies inserted within the horizon, with their events.clean positions), its
    rollup states from the rollup tables (the recent ones; older ones on demand);
 3. each message's rows get a dedup verdict (tables/dedup.py): duplicates are dropped and
-   counted, first copies kept;
+   counted, first copies kept. A first copy whose event time is older than the dedup horizon
+   may copy an event stored before the horizon began (a backfill of events also tracked
+   live): those are looked up in the events table by event_id within their time range, one
+   query per message, and dropped if stored at another position;
 4. kept rows not already in the events table are inserted, with their events.clean position;
 5. kept rows are applied to the rollups (tables/aggregate.py), loading any evicted window
    state a late event needs;
@@ -58,6 +61,7 @@ MAX_TIME_MS = 4_294_967_295_000  # 2106-02-07, the end of DateTime('UTC') (rollu
 class StoreCounters:
     inserted: int = 0
     duplicates: int = 0
+    duplicates_beyond_horizon: int = 0  # of which found in the events table, not in memory
     already_stored: int = 0  # redelivered first copies the events table already held
     applied: int = 0
     skipped: int = 0
@@ -95,6 +99,26 @@ class FirstCopies:
         offsets = table.column("_clean_offset").to_numpy().astype(np.uint64)
         index = table.column("_clean_index").to_numpy().astype(np.uint64)
         return ids, pack_position(offsets, index)
+
+    async def lookup(self, ids: list[str], ts_min_ms: int, ts_max_ms: int) -> dict[str, int]:
+        """The stored first copies (event_id -> packed position) among *ids*, whose time lies
+        in [ts_min_ms, ts_max_ms]: for copies older than the horizon (the ``event_id_bloom``
+        index and the day partitions keep the read small)."""
+        out: list[Any] = []
+
+        def query(client: Any) -> None:
+            out.extend(client.query(
+                f"SELECT toString(event_id), _clean_offset, _clean_index FROM `{self._table}`"
+                " WHERE ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
+                " AND ts <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC') AND event_id IN {ids:Array(UUID)}",
+                parameters={"lo": ts_min_ms, "hi": ts_max_ms, "ids": ids}).result_rows)
+
+        await self._calls.run("dedup lookup", query)
+        found: dict[str, int] = {}
+        for event_id, offset, index in out:
+            position = int(pack_position(int(offset), int(index)))
+            found[_text(event_id)] = min(position, found.get(_text(event_id), position))
+        return found
 
 
 def _text(value: Any) -> str:
@@ -194,12 +218,26 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
                                    meta, msg.value or b"", msg.key))
                 continue
             n = block.num_rows
-            ids = ids_from_strings(block.column("event_id").to_pylist())
-            verdict = dedup.check(msg.partition, ids, pack_position(msg.offset, np.arange(n)), now_ms)
-            kept = np.flatnonzero(verdict.keep)
+            id_strings = block.column("event_id").to_pylist()
+            positions = pack_position(msg.offset, np.arange(n))
+            verdict = dedup.check(msg.partition, ids_from_strings(id_strings), positions, now_ms)
+            keep = verdict.keep.copy()
+            # A first copy within the horizon may still copy an event stored before it (a
+            # backfill of events also tracked live): look up those older than the horizon.
+            ts = int64(block.column("ts"), "ts")
+            old = np.flatnonzero(keep & ~verdict.stored & (ts < now_ms - dedup.horizon_ms))
+            if len(old):
+                wanted = [id_strings[i] for i in old.tolist()]
+                lo, hi = int(ts[old].min()), int(ts[old].max())
+                stored = await retry("dedup_lookup", lambda: deps.first_copies.lookup(wanted, lo, hi))
+                for i in old.tolist():
+                    if stored.get(id_strings[i], int(positions[i])) != int(positions[i]):
+                        keep[i] = False
+                        counters.duplicates_beyond_horizon += 1
+            kept = np.flatnonzero(keep)
             counters.duplicates += n - len(kept)
             counters.already_stored += int(verdict.stored.sum())
-            fresh = np.flatnonzero(verdict.keep & ~verdict.stored)
+            fresh = np.flatnonzero(keep & ~verdict.stored)
             if len(fresh):
                 rows = block.take(pa.array(fresh))
                 rows = rows.append_column("_clean_offset", pa.array(np.full(len(fresh), msg.offset), pa.uint64()))

@@ -34,8 +34,8 @@ sorted numpy segments (hi, lo: the UUID's two 64-bit halves; position), merged l
 counter while the slice fills and into one when it closes, so that a lookup searches one
 segment per closed slice and O(log n) in the current one. An entry costs 24 bytes: at
 11.6k events/s (a billion a day), a 1-hour horizon holds 41.8M ids, ~1.0 GB over all workers;
-24 hours would be ~24 GB. Beyond the horizon the events table (ReplacingMergeTree, FINAL) is
-the safety net.
+24 hours would be ~24 GB. Beyond the horizon, the store agent looks copies of old events up in
+the events table (agents/store.py), and ReplacingMergeTree with FINAL is the last safety net.
 """
 
 from __future__ import annotations

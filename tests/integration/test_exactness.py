@@ -232,3 +232,24 @@ def test_a_year_of_history_in_one_batch_is_stored_and_rolled_up(pipeline: Pipeli
     reports = wait_for(lambda: _exact(pipeline, len(events)), 120, "a year of history stored and rolled up")
     assert pipeline.scalar("SELECT uniqExact(toDate(ts)) FROM events") == 300
     assert all(r.cells > 0 for r in reports)
+
+
+def test_a_backfill_of_events_stored_beyond_the_dedup_horizon_is_dropped_too(pipeline: Pipeline) -> None:
+    """Events tracked live, then sent again by a nightly backfill long after the dedup state
+    forgot them: their copies are found in the events table and change nothing."""
+    pipeline.settings = pipeline.settings.model_copy(update={
+        "worker": pipeline.settings.worker.model_copy(update={"dedup_horizon_s": 2})})
+    pipeline.start_worker()
+    events = _dataset(400, seed=23, span_ms=2 * 3_600_000)
+    _send_kafka(pipeline, events)
+    wait_for(lambda: _exact(pipeline, len(events)), 90, "the live copies stored and rolled up")
+    cells = _rollup_cells(pipeline, "rollup_events_by_name_1m", "event_name")
+    time.sleep(3)  # the horizon (2 s) and a slice of it pass: the ids leave the dedup state
+    _send_kafka(pipeline, events, library="backfill")
+    wait_for(lambda: _health(pipeline)["dedup"]["found_in_events_table"] >= len(events), 60,
+             "the backfill's copies found in the events table")
+    time.sleep(2)
+    assert pipeline.scalar("SELECT count() FROM events") == len(events)
+    assert pipeline.scalar("SELECT count() FROM events WHERE library = 'backfill'") == 0
+    assert _rollup_cells(pipeline, "rollup_events_by_name_1m", "event_name") == cells
+    assert all(r.verdict == "exact" for r in verify(pipeline.ch, pipeline.settings.aggregate.rollups))
