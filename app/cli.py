@@ -245,11 +245,17 @@ def dlq_redrive(ctx: click.Context, reason: str | None, stage: str | None, error
             return
         with Progress(disable=not sys.stderr.isatty(), transient=True) as progress:
             task = progress.add_task("redriving", total=len(letters))
-            sent = redrive(client, s.kafka.bootstrap_servers, s.kafka.topics.dlq, s.kafka.topics.raw,
-                           letters, lambda n: progress.advance(task, n))
+            result = redrive(client, s.kafka.bootstrap_servers, s.kafka.topics.dlq, s.kafka.topics.raw,
+                             letters, lambda n: progress.advance(task, n),
+                             producer_config=s.kafka.producer_config)
     finally:
         client.close()
-    click.echo(f"redrove {sent} letters to {s.kafka.topics.raw}")
+    click.echo(f"redrove {result.sent} letters to {s.kafka.topics.raw}")
+    if result.refused:
+        for (p, o), error in result.refused[:10]:
+            click.echo(f"  not redriven: {p}:{o} refused by {s.kafka.topics.raw} ({error})", err=True)
+        raise click.ClickException(
+            f"{len(result.refused)} letters are larger than {s.kafka.topics.raw} accepts; they stay pending")
 
 
 @cli.command()
