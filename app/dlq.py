@@ -159,9 +159,9 @@ def read_letters(
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError.OFFSET_OUT_OF_RANGE:
-                        raise LetterMissing(
-                            f"a letter of partition {msg.partition()} is no longer in {topic}"
-                            " (the topic's retention removed it)")
+                        queue = wanted.get(msg.partition()) or deque([-1])
+                        raise LetterMissing(f"letter {msg.partition()}:{queue[0]} is not in {topic}"
+                                            " (the topic's retention removed it)")
                     if error.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise ServiceUnavailable(f"reading {topic} failed: {error}")
