@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import sys
+import threading
 
 import faust
 import structlog
@@ -165,7 +168,33 @@ def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None, offsets: Offset
 
 
 def run(settings: Settings, host: str, port: int) -> None:
+    """Run the worker until SIGTERM or SIGINT; the process exits within seconds of either.
+
+    Faust's shutdown is orderly: agents are cancelled (a batch in retry is abandoned, never
+    reported done), the offset keeper commits what is durable, the producer flushes. What it
+    cannot do is stop a thread blocked in a synchronous call: a ClickHouse insert or query
+    runs in a worker thread (clickhouse-connect is synchronous), and against a service that
+    accepts connections but never answers it blocks until its send/receive timeout
+    (`clickhouse.insert_timeout_s`, 30 s). Python joins such threads at exit, so a SIGTERM
+    during that kind of outage took ~30 s, past the grace period of most supervisors, which
+    then SIGKILL. Once Faust has stopped, nothing those threads do can be committed (their
+    batches were never reported done, and a late insert is idempotent), so the process exits
+    at once instead of waiting for them.
+    """
     app, _ = build(settings, host, port)
     log.info("worker_starting", app_id=settings.worker.app_id, web=f"http://{host}:{port}/health")
     worker = faust.Worker(app, loglevel="WARN", quiet=True)
-    worker.execute_from_commandline()
+    code: int = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    blocked = [t.name for t in threading.enumerate()
+               if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if not blocked:
+        raise SystemExit(code)
+    log.warning("worker_exit_abandons_blocked_calls", threads=len(blocked), exit_code=code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
