@@ -33,7 +33,9 @@ from app.retry import Backoff, retry_forever
 
 log = structlog.get_logger(__name__)
 
-FINAL_COMMIT_TIMEOUT_S = 10.0
+# Bounded to fit in the worker's stop deadline (app/worker.py STOP_DEADLINE_S): what it cannot
+# commit in time is redelivered to the next owner and redone, idempotently.
+FINAL_COMMIT_TIMEOUT_S = 2.5
 
 
 @dataclass

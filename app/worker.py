@@ -8,6 +8,8 @@ import secrets
 import sys
 import threading
 
+from typing import Any
+
 import faust
 import structlog
 from clickhouse_connect.driver.client import Client
@@ -167,34 +169,76 @@ def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None, offsets: Offset
     return out
 
 
+# How long an orderly stop may take after SIGTERM or SIGINT before the process exits anyway.
+STOP_DEADLINE_S = 4.0
+
+
+class _Worker(faust.Worker):
+    """faust.Worker whose stop on a signal has a deadline (see `run`)."""
+
+    def __init__(self, *args: Any, stop_deadline_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stop_deadline_s = stop_deadline_s
+        self._deadline: threading.Timer | None = None
+
+    def _arm_deadline(self, signal_name: str) -> None:
+        if self._deadline is None:
+            log.info("worker_stopping", signal=signal_name, deadline_s=self._stop_deadline_s)
+            self._deadline = threading.Timer(self._stop_deadline_s, _exit_now, args=(1, "deadline"))
+            self._deadline.daemon = True
+            self._deadline.start()
+
+    def _on_sigterm(self) -> None:
+        self._arm_deadline("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._arm_deadline("SIGINT")
+        super()._on_sigint()
+
+
+def _exit_now(code: int, why: str) -> None:
+    """Leave the process at once: nothing left running can commit what is not durable."""
+    blocked = [t.name for t in threading.enumerate()
+               if t is not threading.main_thread() and t is not threading.current_thread()
+               and t.is_alive() and not t.daemon]
+    log.warning("worker_exit_forced", why=why, blocked_threads=len(blocked), exit_code=code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def run(settings: Settings, host: str, port: int) -> None:
     """Run the worker until SIGTERM or SIGINT; the process exits within seconds of either.
 
-    Faust's shutdown is orderly: agents are cancelled (a batch in retry is abandoned, never
-    reported done), the offset keeper commits what is durable, the producer flushes. What it
-    cannot do is stop a thread blocked in a synchronous call: a ClickHouse insert or query
-    runs in a worker thread (clickhouse-connect is synchronous), and against a service that
-    accepts connections but never answers it blocks until its send/receive timeout
-    (`clickhouse.insert_timeout_s`, 30 s). Python joins such threads at exit, so a SIGTERM
-    during that kind of outage took ~30 s, past the grace period of most supervisors, which
-    then SIGKILL. Once Faust has stopped, nothing those threads do can be committed (their
-    batches were never reported done, and a late insert is idempotent), so the process exits
-    at once instead of waiting for them.
+    Faust's stop is orderly: agents are cancelled (a batch in retry is abandoned, never
+    reported done), the offset keeper commits what is durable, the producer flushes. Two
+    things could hold the process long after a signal, past the grace period of a supervisor
+    (which then SIGKILLs):
+
+    - a thread blocked in a synchronous call. ClickHouse calls run in threads (clickhouse-connect
+      is synchronous); against a service that accepts connections but never answers, a call
+      blocks until its send/receive timeout (`clickhouse.insert_timeout_s`, 30 s), and Python
+      joins such threads at exit: measured 28.7 s from SIGTERM to exit. Once Faust has
+      stopped, the process exits without waiting for them;
+    - Faust's stop itself waiting on a hung broker (a rollup flush holding its lock while its
+      changelog write waits up to 30 s, the producer's flush): measured 30 s and a SIGKILL.
+      A deadline of `STOP_DEADLINE_S` from the signal bounds it.
+
+    Either exit is safe for the same reason a crash is: offsets are committed only up to what
+    every reader made durable (agents/ledger.py), so work cut short is redelivered and redone,
+    idempotently; the offset keeper's final commit is bounded to fit in the deadline.
     """
     app, _ = build(settings, host, port)
     log.info("worker_starting", app_id=settings.worker.app_id, web=f"http://{host}:{port}/health")
-    worker = faust.Worker(app, loglevel="WARN", quiet=True)
+    worker = _Worker(app, loglevel="WARN", quiet=True, stop_deadline_s=STOP_DEADLINE_S)
     code: int = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    blocked = [t.name for t in threading.enumerate()
-               if t is not threading.main_thread() and t.is_alive() and not t.daemon]
-    if not blocked:
-        raise SystemExit(code)
-    log.warning("worker_exit_abandons_blocked_calls", threads=len(blocked), exit_code=code)
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(code)
+    if any(t is not threading.main_thread() and t.is_alive() and not t.daemon
+           for t in threading.enumerate()):
+        _exit_now(code, "threads_blocked_after_stop")
+    raise SystemExit(code)
