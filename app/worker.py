@@ -89,6 +89,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
             "offsets": {"commits": offsets.counters.commits, "seeks_back": offsets.counters.reseeks,
                         "out_of_order_dropped": offsets.counters.out_of_order,
                         "redelivered_dropped": offsets.counters.redelivered},
+            "consumer_lag": lag_by_topic(offsets.counters.lag),
         }
         if rollups is not None:
             r = rollups.counters
@@ -129,6 +130,14 @@ def redaction_config(settings: Settings) -> RedactionConfig:
     )
 
 
+def lag_by_topic(lag: dict[tuple[str, int], int]) -> dict[str, dict[str, int]]:
+    """Consumer lag as {topic: {partition: messages}} for /health."""
+    out: dict[str, dict[str, int]] = {}
+    for (topic, partition), n in sorted(lag.items()):
+        out.setdefault(topic, {})[str(partition)] = n
+    return out
+
+
 def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None, offsets: OffsetCounters) -> list[Metric]:
     c = deps.counters
     dead = Metric("rearview_dead_letters_total", "Dead letters written, by stage and error class.")
@@ -155,6 +164,13 @@ def worker_metrics(deps: WorkerDeps, rollups: RollupDeps | None, offsets: Offset
         Metric("rearview_deliveries_redelivered_total",
                "Deliveries dropped because the agent already had them.").add(offsets.redelivered),
     ]
+    lag = Metric("rearview_consumer_lag",
+                 "Messages between the committed offset and the log end (the highest offset"
+                 " delivered + 1, or the broker's end offset if higher), per partition held.",
+                 kind="gauge")
+    for (topic, partition), n in sorted(offsets.lag.items()):
+        lag.add(n, topic=topic, partition=str(partition))
+    out.append(lag)
     if rollups is not None:
         r = rollups.counters
         out += [
