@@ -251,11 +251,12 @@ def dlq_redrive(ctx: click.Context, reason: str | None, stage: str | None, error
     finally:
         client.close()
     click.echo(f"redrove {result.sent} letters to {s.kafka.topics.raw}")
-    if result.refused:
-        for (p, o), error in result.refused[:10]:
-            click.echo(f"  not redriven: {p}:{o} refused by {s.kafka.topics.raw} ({error})", err=True)
-        raise click.ClickException(
-            f"{len(result.refused)} letters are larger than {s.kafka.topics.raw} accepts; they stay pending")
+    problems = [(pos, f"refused by {s.kafka.topics.raw}: {why}") for pos, why in result.refused]
+    problems += result.unreadable
+    if problems:
+        for (p, o), why in problems[:10]:
+            click.echo(f"  not redriven: {p}:{o} {why}", err=True)
+        raise click.ClickException(f"{len(problems)} letters could not be redriven; they stay pending")
 
 
 @cli.command()

@@ -23,12 +23,12 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from agents import dlq
+from agents import dlq, oversize
 from app.exceptions import RearviewError, ServiceUnavailable
 
-# What redrive's producer accepts: as much as Rearview lets its own topics hold. The raw topic
-# itself may accept less; a letter it refuses is reported, not retried.
-MAX_REDRIVE_BYTES = 4 * 1024 * 1024 + 64 * 1024
+# What redrive's producer accepts on its side: a letter may be as large as the raw topic
+# accepted, which is the broker's to say. A letter it refuses is reported, not retried.
+MAX_REDRIVE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class Filters:
     since: datetime | None = None
 
     def where(self) -> tuple[str, dict[str, Any]]:
-        clauses, params = ["1"], {}
+        # Fragments of a letter written in parts are not letters (agents/oversize.py).
+        clauses, params = [f"stage != '{oversize.PART_STAGE}'"], {}
         if self.reason:
             clauses.append("positionCaseInsensitive(reason, {reason:String}) > 0")
             params["reason"] = self.reason
@@ -185,10 +186,42 @@ def read_letters(
         consumer.close()
 
 
+def whole_letters(
+    bootstrap_servers: str, topic: str, positions: Iterable[tuple[int, int]],
+    unreadable: list[tuple[tuple[int, int], str]], timeout_s: float = 30,
+) -> Iterator[Letter]:
+    """The letters at *positions* with their original bytes, parted letters joined.
+
+    A letter too large for the DLQ topic was written in parts (agents/oversize.py): its head
+    is at the position the `dlq` table lists and names its fragments' offsets. Heads are set
+    aside during the pass and joined afterwards, each from its own read of its fragments; one
+    whose fragments are gone or do not match is added to *unreadable* instead.
+    """
+    heads: list[Letter] = []
+    for letter in read_letters(bootstrap_servers, topic, positions, timeout_s):
+        if oversize.H_PARTS in letter.headers:
+            heads.append(letter)
+        else:
+            yield letter
+    for head in heads:
+        partition, _ = head.position
+        wanted = oversize.fragment_offsets(head.headers)
+        try:
+            by_offset = {f.position[1]: f for f in read_letters(
+                bootstrap_servers, topic, [(partition, o) for o in wanted], timeout_s)}
+            value = oversize.join_parts(head.value or b"", head.headers,
+                                        [(by_offset[o].value or b"", by_offset[o].headers) for o in wanted])
+        except (LetterMissing, ServiceUnavailable, oversize.PartsMismatch, KeyError) as exc:
+            unreadable.append((head.position, f"its parts cannot be read back: {exc}"))
+            continue
+        yield Letter(head.position, head.key, value, head.headers)
+
+
 @dataclass
 class RedriveResult:
     sent: int = 0  # acknowledged by the broker and recorded in dlq_redrives
     refused: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # the raw topic refused them
+    unreadable: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # parts missing
 
 
 def redrive(
@@ -246,7 +279,7 @@ def redrive(
 
     positions = [(int(r["dlq_partition"]), int(r["dlq_offset"])) for r in letters]
     try:
-        for letter in read_letters(bootstrap_servers, dlq_topic, positions):
+        for letter in whole_letters(bootstrap_servers, dlq_topic, positions, result.unreadable):
             p, o = letter.position
             kwargs = {"key": letter.key, "value": letter.value,
                       "headers": dlq.redrive_headers(letter.headers, f"{p}:{o}"),
