@@ -7,6 +7,13 @@ the letter in `dlq_redrives` once the broker acknowledged it. Letters already re
 sent again, so a second redrive sends nothing twice; redriven events without an event_id derive
 it from their original position, so they are stored with the same id whichever way they come.
 A redriven letter that fails again becomes a new letter with attempt + 1.
+
+Redrive runs at thousands of letters a second (bench/redrive.py): the letters are read in one
+sequential pass per partition, produced without waiting for each other, and recorded with one
+insert per chunk. It needs nothing of the worker's cache: the worker re-reads a reader schema
+before failing a message on it (app/schema_registry.py), so a fix registered a second before
+the redrive applies. A letter too large for the DLQ topic was written in parts (see
+agents/oversize.py); only its head is listed, and redrive joins it whole again.
 """
 
 from __future__ import annotations
