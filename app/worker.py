@@ -7,7 +7,6 @@ import os
 import secrets
 import sys
 import threading
-
 from typing import Any
 
 import faust

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -98,7 +99,7 @@ def start(name: str, argv: list[str], ready: Callable[[], bool], tmp: Path, env:
 
 def write_letters(settings: Settings, client: Any, topic: str, n: int, tag: str) -> None:
     """*n* letters on *topic* and their rows in `dlq`, each reason carrying *tag*."""
-    rng = __import__("random").Random(n)
+    rng = random.Random(n)
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 5})
     rows: list[dict[str, object]] = []
     now = int(time.time() * 1000)

@@ -21,7 +21,7 @@ from faust.exceptions import ProducerSendError
 from agents import dlq, oversize
 from agents.records import CleanEvent, Invalid, SourceMeta
 from agents.sink import decode_block, encode_blocks
-from agents.worker import _produce_all
+from agents.produce import produce_all as _produce_all
 from app.dlq import Letter
 from app.exceptions import ServiceUnavailable
 
