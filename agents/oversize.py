@@ -2,7 +2,7 @@
 
 A record the producer or the broker refuses as too large is data, not an outage: retrying it
 can never succeed, and the batch behind it would never be committed. So (pure functions here,
-the sending in agents/worker.py `_produce_all`):
+the sending in agents/produce.py):
 
 - a clean block (Arrow rows) is split in halves until each part fits; a single row that still
   does not fit becomes a dead letter (error class `MessageTooLarge`) holding that row;
