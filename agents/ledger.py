@@ -21,6 +21,17 @@ is the start of its oldest batch not yet done, and the committable offset of a p
 lowest durable position of its readers. Each anchoring starts a new epoch,
 and a batch admitted in an older epoch no longer counts when it completes: an offset is only
 committed after a reader that admitted it in order from the current anchor made it durable.
+
+Consumer lag, per partition, is the log end minus the committed offset: how many messages of
+the log are not yet durable in every reader and committed. The log end is what the worker
+knows of it from the log itself: one past the highest offset delivered to any reader (admitted,
+redelivered or out of order alike), raised by any end offset the broker listed that is higher.
+The broker's figure is only ever a lower bound here, never the answer on its own: the embedded
+broker lists the last batch's *base* offset + 1 (100 records at offsets 11-110 list 12), and
+the deliveries correct it as soon as they are fetched. Limits: while fetching is paused (an
+outage fills the stream buffer) the deliveries stop, so on the embedded broker the lag can be
+short by up to one producer batch; it includes up to one commit interval of work that is
+durable but not yet committed; and a partition not yet anchored has no lag figure.
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ class _Partition:
     readers: dict[str, _Reader]
     committed: int
     last_event_at: float
+    end: int = 0  # the log end as far as known: highest offset delivered + 1, or listed
     gap_at: float | None = None  # when a reader last saw a gap not yet repaired
     seek_at: float | None = None  # when a seek back was last requested
 
@@ -90,11 +102,13 @@ class OffsetLedger:
         """Start *tp* over at its committed offset: a new epoch, every reader at *committed*."""
         self._epochs[tp] += 1
         names = self._readers[tp.topic]  # type: ignore[attr-defined]
+        previous = self._parts.get(tp)
         self._parts[tp] = _Partition(
             epoch=self._epochs[tp],
             readers={name: _Reader(next=committed) for name in names},
             committed=committed,
             last_event_at=now,
+            end=max(committed, previous.end if previous is not None else 0),
         )
 
     def forget(self, tps: Iterable[Hashable]) -> None:
@@ -112,6 +126,8 @@ class OffsetLedger:
         if part is None:
             return Admission.UNANCHORED
         part.last_event_at = now
+        if offset >= part.end:
+            part.end = offset + 1
         pos = part.readers[reader]
         if offset == pos.next:
             pos.next += 1
@@ -195,6 +211,18 @@ class OffsetLedger:
             if now - part.last_event_at >= idle_s
             and not any(r.pending for r in part.readers.values())
         }
+
+    # -- lag -------------------------------------------------------------------------------
+
+    def observe_end(self, tp: Hashable, end: int) -> None:
+        """The broker listed *end* as the log end of *tp*: a lower bound of the true end."""
+        part = self._parts.get(tp)
+        if part is not None and end > part.end:
+            part.end = end
+
+    def lag(self) -> dict[Hashable, int]:
+        """Per anchored partition: messages between the committed offset and the log end."""
+        return {tp: max(0, part.end - part.committed) for tp, part in self._parts.items()}
 
     def touch(self, tp: Hashable, now: float) -> None:
         """*tp* was just checked or sought: it is not idle again for another idle period."""

@@ -10,7 +10,12 @@ Rearview's topics are declared with Faust's acks off, so Faust never commits the
   committed, and partitions where the consumer skipped messages are sought back to the first
   missing one; a partition that holds messages no reader has been given for `idle_s` is
   sought back too (a stall is repaired the same way as a skip);
-- on revocation, what is durable is committed before the partitions are let go.
+- on revocation, what is durable is committed before the partitions are let go;
+- per partition, the consumer lag (log end - committed offset, see agents/ledger.py for what
+  the log end is and the figure's limits) is kept in `counters.lag`, refreshed on every tick;
+  every `end_interval_s` the consumer's positions (messages handed to Faust but not yet taken
+  by an agent) and the broker's end offsets raise the known log end too; the broker's figure
+  is only a lower bound (on the embedded broker it is stale).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -33,7 +38,9 @@ from app.retry import Backoff, retry_forever
 
 log = structlog.get_logger(__name__)
 
-FINAL_COMMIT_TIMEOUT_S = 10.0
+# Bounded to fit in the worker's stop deadline (app/worker.py STOP_DEADLINE_S): what it cannot
+# commit in time is redelivered to the next owner and redone, idempotently.
+FINAL_COMMIT_TIMEOUT_S = 2.5
 
 
 @dataclass
@@ -42,6 +49,8 @@ class OffsetCounters:
     reseeks: int = 0  # seeks back over messages the consumer skipped or stopped delivering
     out_of_order: int = 0  # deliveries dropped because earlier offsets were missing
     redelivered: int = 0  # deliveries dropped because the reader already had them
+    # Consumer lag by (topic, partition), of the partitions this worker holds: a snapshot.
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class OffsetKeeper:
@@ -55,6 +64,7 @@ class OffsetKeeper:
         idle_s: float = 5.0,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 10.0,
+        end_interval_s: float = 5.0,
     ) -> None:
         self.app = app
         self.ledger = ledger
@@ -64,6 +74,7 @@ class OffsetKeeper:
         self._gap_cooldown_s = gap_cooldown_s
         self._idle_s = idle_s
         self._retry = (retry_initial_s, retry_max_s)
+        self._end_interval_s = end_interval_s
         self._assignments = 0
         self._admin: AIOKafkaAdminClient | None = None
         self._anchoring: set[asyncio.Future[None]] = set()
@@ -107,6 +118,7 @@ class OffsetKeeper:
             ours = {tp for tp in revoked if tp.topic in self.ledger.topics}
             await self._final_commit("revoke", ours)
             self.ledger.forget(ours)
+            self.refresh_lag()
 
         backoff = Backoff()
 
@@ -121,6 +133,19 @@ class OffsetKeeper:
                 if backoff.should_log():
                     log.warning("offsets_tick_failed", error=repr(exc))
 
+        end_backoff = Backoff()
+
+        @app.timer(self._end_interval_s)
+        async def log_ends() -> None:
+            try:
+                await self.observe_ends()
+                end_backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the deliveries still bound the log end
+                if end_backoff.should_log():
+                    log.warning("offsets_log_end_failed", error=repr(exc))
+
         @app.on_before_shutdown.connect
         async def close_admin(app: faust.App, **kwargs: Any) -> None:
             await self._final_commit("shutdown", self.ledger.anchored())
@@ -129,10 +154,41 @@ class OffsetKeeper:
             if self._admin is not None:
                 await self._admin.close()
 
-        _ = (on_assigned, on_revoked, offsets_tick, close_admin)
+        _ = (on_assigned, on_revoked, offsets_tick, log_ends, close_admin)
 
     async def tick(self) -> None:
-        """Seek back where needed, then commit what is durable."""
+        """Seek back where needed, then commit what is durable; refresh the lag."""
+        try:
+            await self._tick()
+        finally:
+            self.refresh_lag()
+
+    def refresh_lag(self) -> None:
+        self.counters.lag = {(tp.topic, tp.partition): n  # type: ignore[attr-defined]
+                             for tp, n in self.ledger.lag().items()}
+
+    async def observe_ends(self, timeout_s: float = 5.0) -> None:
+        """Raise the known log end of the partitions held: to the consumer's position (one past
+        the last message handed to Faust, buffered ones included), and to the broker's listed
+        end offset where that is higher."""
+        if self.app.rebalancing:
+            return
+        consumer = self.app.consumer
+        tps = [tp for tp in self.ledger.anchored() if tp in consumer.assignment()]
+        if not tps:
+            return
+
+        async def ends() -> list[tuple[Any, int | None]]:
+            positions = [(tp, await consumer.position(tp)) for tp in tps]
+            listed = await consumer.highwaters(*tps)
+            return positions + list(listed.items())
+
+        for tp, end in await asyncio.wait_for(ends(), timeout_s):
+            if end is not None:
+                self.ledger.observe_end(tp, end)
+        self.refresh_lag()
+
+    async def _tick(self) -> None:
         if self.app.rebalancing:
             return
         async with self._lock:
@@ -146,6 +202,8 @@ class OffsetKeeper:
                 seeks.update({tp: o for tp, o in idle.items() if ends.get(tp, 0) > o})
                 for tp in idle:
                     self.ledger.touch(tp, now)
+                    if tp in ends:
+                        self.ledger.observe_end(tp, ends[tp])
             seeks = {tp: o for tp, o in seeks.items() if tp in assignment}
             if seeks:
                 log.warning("offsets_seek_back", partitions={_name(tp): o for tp, o in seeks.items()})

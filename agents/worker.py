@@ -17,7 +17,6 @@ an outage, and an exception never escapes an agent.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,11 +31,11 @@ from agents import dlq
 from agents.codec import FramingError, Kind, decode, split_frame
 from agents.offsets import OffsetKeeper, bytes_topic
 from agents.pii import Redactor
+from agents.produce import produce_all
 from agents.records import CleanEvent, Invalid, SourceMeta
 from agents.sink import RowsWriter, encode_blocks
 from agents.stages import StageWatch
 from agents.validate import Validator
-from app.exceptions import ServiceUnavailable
 from app.schema_registry import SchemaCache
 from tables.dedup import event_partition
 
@@ -89,15 +88,12 @@ async def _retry_forever(what: str, action: Callable[[], Awaitable[Any]], deps: 
     return await deps.stages.retry(what, action, deps.retry_initial_s, deps.retry_max_s)
 
 
-async def _produce_all(app: faust.App, records: list[dict[str, Any]]) -> None:
-    """Send records and wait until the broker acknowledged every one of them."""
-    try:
-        futures = [await app.producer.send(**r, timestamp=None) for r in records]
-        await asyncio.gather(*futures)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        raise ServiceUnavailable(f"producing {len(records)} records failed: {exc!r}") from exc
+async def _produce_all(
+    app: faust.App, records: list[dict[str, Any]], dlq_topic: str | None = None
+) -> None:
+    """Send records and wait until the broker acknowledged every one of them; a record too
+    large for its topic is split or dead-lettered, never retried (agents/produce.py)."""
+    await produce_all(app, records, dlq_topic)
 
 
 def validate_batch(
@@ -194,7 +190,7 @@ def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
                     "registry", lambda: deps.schemas.ensure(_schema_ids([e.message.value for e in events])), deps
                 )
                 records, n_clean, n_dead = validate_batch(events, deps, int(time.time() * 1000))
-                await _retry_forever("produce", lambda: _produce_all(app, records), deps)
+                await _retry_forever("produce", lambda: _produce_all(app, records, deps.dlq_topic), deps)
                 counters.read += len(events)
                 counters.clean += n_clean
                 counters.dead += n_dead

@@ -9,12 +9,15 @@
     GET  /                    the dashboard
 
 Malformed requests get a 4xx with {"error": "..."} naming the problem; a Kafka or ClickHouse
-outage gets 503 (retry later), never a 500 that blames the client.
+outage gets 503 (retry later), never a 500 that blames the client. A 4xx is logged as one
+`request_refused` line at info (status, path, error class), never with a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,13 +26,14 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from clickhouse_connect.driver.client import Client
 
 import schemas
 from agents.codec import BatchWriter
 from agents.validate import Validator
 from app import clickhouse
-from app.collector.normalize import BadEvent, to_event, to_events
+from app.collector.normalize import BadEvent, parse_body, to_event, to_events
 from app.collector.producer import BatchingProducer
 from app.exceptions import RearviewError, ServiceUnavailable
 from app.live import live, live_rollup
@@ -100,18 +104,29 @@ async def count_responses(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+def _refused(status: int, error: BaseException, path: str | None = None) -> None:
+    """One info line for a request the client got wrong: no traceback, no payload, no address
+    (the message of a parse error quotes the offending bytes, so only its class is logged)."""
+    log.info("request_refused", status=status, error=type(error).__name__,
+             **({"path": path} if path is not None else {}))
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPRequestEntityTooLarge:
+    except web.HTTPRequestEntityTooLarge as exc:
+        _refused(413, exc, request.path)
         limit = request.app[SETTINGS].api.max_body_bytes
         return _error(413, f"request body is larger than {limit} bytes")
     except web.HTTPException as exc:
         if exc.status >= 400:
+            if exc.status < 500:
+                _refused(exc.status, exc, request.path)
             return _error(exc.status, exc.reason)
         raise
     except (BadEvent, BadQuery) as exc:
+        _refused(400, exc, request.path)
         return _error(400, str(exc))
     except ServiceUnavailable as exc:
         log.warning("request_unavailable", path=request.path, error=str(exc))
@@ -122,13 +137,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _body(request: web.Request) -> Any:
-    data = await request.read()
-    if not data:
-        raise BadEvent("the request body is empty; send a JSON object")
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise BadEvent(f"the request body is not valid JSON: {exc}") from None
+    """The JSON body; integers of any size keep their digits (see normalize.parse_body)."""
+    return parse_body(await request.read())
 
 
 def _event_kwargs(request: web.Request) -> dict[str, Any]:
@@ -255,6 +265,25 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, except for requests its HTTP parser refuses.
+
+    A request line or header aiohttp cannot parse (a 16 KB User-Agent is over its 8,190-byte
+    line limit, a malformed header, a bad method) is answered 400 by aiohttp itself, before any
+    handler or middleware runs, and logged with `logger.exception`: an ERROR with a traceback
+    for what is the client's mistake. Those become one `request_refused` line at info; every
+    other record (a handler's unexpected exception, a 500) is logged as aiohttp logs it.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, HttpProcessingError) and 400 <= (error.code or 0) < 500:
+            _refused(error.code, error)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     log.info("api_starting", url=f"http://{host}:{port}/")
-    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)
+    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None,
+                logger=ServerLog(logging.getLogger("aiohttp.server"), {}))

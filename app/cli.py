@@ -245,11 +245,18 @@ def dlq_redrive(ctx: click.Context, reason: str | None, stage: str | None, error
             return
         with Progress(disable=not sys.stderr.isatty(), transient=True) as progress:
             task = progress.add_task("redriving", total=len(letters))
-            sent = redrive(client, s.kafka.bootstrap_servers, s.kafka.topics.dlq, s.kafka.topics.raw,
-                           letters, lambda n: progress.advance(task, n))
+            result = redrive(client, s.kafka.bootstrap_servers, s.kafka.topics.dlq, s.kafka.topics.raw,
+                             letters, lambda n: progress.advance(task, n),
+                             producer_config=s.kafka.producer_config)
     finally:
         client.close()
-    click.echo(f"redrove {sent} letters to {s.kafka.topics.raw}")
+    click.echo(f"redrove {result.sent} letters to {s.kafka.topics.raw}")
+    problems = [(pos, f"refused by {s.kafka.topics.raw}: {why}") for pos, why in result.refused]
+    problems += result.unreadable
+    if problems:
+        for (p, o), why in problems[:10]:
+            click.echo(f"  not redriven: {p}:{o} {why}", err=True)
+        raise click.ClickException(f"{len(problems)} letters could not be redriven; they stay pending")
 
 
 @cli.command()

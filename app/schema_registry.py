@@ -62,9 +62,19 @@ class SchemaCache:
     A writer schema under an id never changes (the registry guarantees it), so writers are
     fetched once. The reader for a record name is the latest version registered under
     ``<topic>-<record full name>`` (TopicRecordNameStrategy), re-read every *reader_ttl_s* so
-    that a registered evolution (or a fix) is picked up without a restart; a name with no such
-    subject has no reader and is decoded with its writer schema alone. Unknown ids are
-    remembered as None only after the registry answered 404.
+    that a registered evolution is picked up without a restart; a name with no such subject
+    has no reader and is decoded with its writer schema alone.
+
+    A failure is never served from the cache. A writer the cached reader cannot read (its
+    messages would be dead-lettered as ResolutionError) has its reader re-read in every
+    `ensure` call that names it, that is before every batch holding such a message (and so
+    does a writer seen for the first time that the cached reader cannot read), so a fix
+    registered a moment ago applies to the very next message: a redrive right after the fix
+    (`rearview dlq redrive`) goes through, where it used to re-fail for up to *reader_ttl_s*.
+    This costs one registry request per failing record name per batch, only while failing
+    data flows. An id the registry answered 404 for is asked again after *reader_ttl_s*
+    (a registry restored from a backup may learn it). A fix that changes how a *readable*
+    writer is read (a new default a rule needs) still applies within *reader_ttl_s*.
     """
 
     def __init__(
@@ -77,6 +87,7 @@ class SchemaCache:
     ) -> None:
         self._url = url.rstrip("/")
         self._writers: dict[int, WriterSchema | None] = {}
+        self._unknown_at: dict[int, float] = {}  # when the registry last answered 404 for an id
         self._known: dict[int, WriterSchema | None] = {}
         self._readers: dict[str, tuple[float, int | None, str | None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -107,22 +118,47 @@ class SchemaCache:
                 await asyncio.sleep(delay)
 
     async def _ensure(self, ids: set[int]) -> None:
-        for schema_id in sorted(i for i in ids if i not in self._writers):
-            self._writers[schema_id] = await self._fetch_writer(schema_id)
         now = time.monotonic()
+        for schema_id in sorted(i for i in ids if self._writer_due(i, now)):
+            writer = await self._fetch_writer(schema_id)
+            self._writers[schema_id] = writer
+            if writer is None:
+                self._unknown_at[schema_id] = now
+            else:
+                self._unknown_at.pop(schema_id, None)
+        refreshed: set[str] = set()  # names whose reader this call already re-read
         for schema_id in ids:
             writer = self._writers[schema_id]
             if writer is None or self._topic is None:
                 self._known[schema_id] = writer
                 continue
-            cached = self._readers.get(writer.full_name)
+            name = writer.full_name
+            cached = self._readers.get(name)
             if cached is None or now - cached[0] > self._reader_ttl_s:
-                reader_id, reader_text = await self._fetch_reader(writer.full_name)
-                cached = (now, reader_id, reader_text)
-                self._readers[writer.full_name] = cached
+                cached = await self._refresh_reader(name, now, refreshed)
             current = self._known.get(schema_id)
             if current is None or current.reader_id != cached[1]:
-                self._known[schema_id] = with_reader(writer, cached[1], cached[2])
+                current = with_reader(writer, cached[1], cached[2])
+                self._known[schema_id] = current
+            if current.resolution_error is not None and name not in refreshed:
+                # About to fail every message of this writer: not on a cached reader's word.
+                cached = await self._refresh_reader(name, now, refreshed)
+                if cached[1] != current.reader_id:
+                    self._known[schema_id] = with_reader(writer, cached[1], cached[2])
+
+    async def _refresh_reader(
+        self, name: str, now: float, refreshed: set[str]
+    ) -> tuple[float, int | None, str | None]:
+        reader_id, reader_text = await self._fetch_reader(name)
+        self._readers[name] = (now, reader_id, reader_text)
+        refreshed.add(name)
+        return self._readers[name]
+
+    def _writer_due(self, schema_id: int, now: float) -> bool:
+        if schema_id not in self._writers:
+            return True
+        unknown_at = self._unknown_at.get(schema_id)
+        return unknown_at is not None and now - unknown_at > self._reader_ttl_s
 
     async def _get(self, path: str) -> tuple[int, Any]:
         if self._session is None or self._session.closed:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import sys
+import threading
 import time
+from typing import Any
 
 import faust
 import structlog
@@ -14,6 +18,7 @@ from agents.ledger import OffsetLedger
 from agents.offsets import OffsetCounters, OffsetKeeper
 from agents.pii import Redactor
 from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
+from agents.produce import produce_all
 from agents.records import Invalid
 from agents.rollup import RollupWriter
 from agents.sink import ClickHouseCalls, EventsWriter, RowsWriter
@@ -21,7 +26,7 @@ from agents.stages import StageWatch
 from agents.store import FirstCopies, StoreDeps
 from agents.store import install as install_store
 from agents.validate import Validator
-from agents.worker import WorkerDeps, _produce_all, dead_letter_records, install, readers
+from agents.worker import WorkerDeps, dead_letter_records, install, readers
 from app import clickhouse
 from app.faust_app import create_app
 from app.metrics import CONTENT_TYPE, Metric, render
@@ -66,7 +71,8 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
 
     async def dead_letter(invalid: list[Invalid]) -> None:
         records = dead_letter_records(invalid, deps, int(time.time() * 1000))
-        await stages.retry("dead_letter", lambda: _produce_all(app, records), w.retry_initial_s, w.retry_max_s)
+        await stages.retry("dead_letter", lambda: produce_all(app, records, topics.dlq),
+                           w.retry_initial_s, w.retry_max_s)
         deps.counters.dead += len(invalid)
 
     with_rollups = bool(settings.aggregate.enabled and settings.aggregate.rollups)
@@ -105,6 +111,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
             "offsets": {"commits": offsets.counters.commits, "seeks_back": offsets.counters.reseeks,
                         "out_of_order_dropped": offsets.counters.out_of_order,
                         "redelivered_dropped": offsets.counters.redelivered},
+            "consumer_lag": lag_by_topic(offsets.counters.lag),
         }
         if store.aggregator is not None:
             body["rollups"] = {"applied": st.applied, "skipped_redelivered": st.skipped,
@@ -145,6 +152,14 @@ def redaction_config(settings: Settings) -> RedactionConfig:
     )
 
 
+def lag_by_topic(lag: dict[tuple[str, int], int]) -> dict[str, dict[str, int]]:
+    """Consumer lag as {topic: {partition: messages}} for /health."""
+    out: dict[str, dict[str, int]] = {}
+    for (topic, partition), n in sorted(lag.items()):
+        out.setdefault(topic, {})[str(partition)] = n
+    return out
+
+
 def worker_metrics(deps: WorkerDeps, store: StoreDeps, offsets: OffsetCounters) -> list[Metric]:
     c = deps.counters
     dead = Metric("rearview_dead_letters_total", "Dead letters written, by stage and error class.")
@@ -175,6 +190,13 @@ def worker_metrics(deps: WorkerDeps, store: StoreDeps, offsets: OffsetCounters) 
         Metric("rearview_deliveries_redelivered_total",
                "Deliveries dropped because the agent already had them.").add(offsets.redelivered),
     ]
+    lag = Metric("rearview_consumer_lag",
+                 "Messages between the committed offset and the log end (the highest offset"
+                 " delivered + 1, or the broker's end offset if higher), per partition held.",
+                 kind="gauge")
+    for (topic, partition), n in sorted(offsets.lag.items()):
+        lag.add(n, topic=topic, partition=str(partition))
+    out.append(lag)
     if store.aggregator is not None:
         r = store.counters
         out += [
@@ -191,8 +213,76 @@ def worker_metrics(deps: WorkerDeps, store: StoreDeps, offsets: OffsetCounters) 
     return out
 
 
+# How long an orderly stop may take after SIGTERM or SIGINT before the process exits anyway.
+STOP_DEADLINE_S = 4.0
+
+
+class _Worker(faust.Worker):
+    """faust.Worker whose stop on a signal has a deadline (see `run`)."""
+
+    def __init__(self, *args: Any, stop_deadline_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stop_deadline_s = stop_deadline_s
+        self._deadline: threading.Timer | None = None
+
+    def _arm_deadline(self, signal_name: str) -> None:
+        if self._deadline is None:
+            log.info("worker_stopping", signal=signal_name, deadline_s=self._stop_deadline_s)
+            self._deadline = threading.Timer(self._stop_deadline_s, _exit_now, args=(1, "deadline"))
+            self._deadline.daemon = True
+            self._deadline.start()
+
+    def _on_sigterm(self) -> None:
+        self._arm_deadline("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._arm_deadline("SIGINT")
+        super()._on_sigint()
+
+
+def _exit_now(code: int, why: str) -> None:
+    """Leave the process at once: nothing left running can commit what is not durable."""
+    blocked = [t.name for t in threading.enumerate()
+               if t is not threading.main_thread() and t is not threading.current_thread()
+               and t.is_alive() and not t.daemon]
+    log.warning("worker_exit_forced", why=why, blocked_threads=len(blocked), exit_code=code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def run(settings: Settings, host: str, port: int) -> None:
+    """Run the worker until SIGTERM or SIGINT; the process exits within seconds of either.
+
+    Faust's stop is orderly: agents are cancelled (a batch in retry is abandoned, never
+    reported done), the offset keeper commits what is durable, the producer flushes. Two
+    things could hold the process long after a signal, past the grace period of a supervisor
+    (which then SIGKILLs):
+
+    - a thread blocked in a synchronous call. ClickHouse calls run in threads (clickhouse-connect
+      is synchronous); against a service that accepts connections but never answers, a call
+      blocks until its send/receive timeout (`clickhouse.insert_timeout_s`, 30 s), and Python
+      joins such threads at exit: measured 28.7 s from SIGTERM to exit. Once Faust has
+      stopped, the process exits without waiting for them;
+    - Faust's stop itself waiting on a hung broker (a rollup flush holding its lock while its
+      changelog write waits up to 30 s, the producer's flush): measured 30 s and a SIGKILL.
+      A deadline of `STOP_DEADLINE_S` from the signal bounds it.
+
+    Either exit is safe for the same reason a crash is: offsets are committed only up to what
+    every reader made durable (agents/ledger.py), so work cut short is redelivered and redone,
+    idempotently; the offset keeper's final commit is bounded to fit in the deadline.
+    """
     app, _ = build(settings, host, port)
     log.info("worker_starting", app_id=settings.worker.app_id, web=f"http://{host}:{port}/health")
-    worker = faust.Worker(app, loglevel="WARN", quiet=True)
-    worker.execute_from_commandline()
+    worker = _Worker(app, loglevel="WARN", quiet=True, stop_deadline_s=STOP_DEADLINE_S)
+    code: int = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if any(t is not threading.main_thread() and t.is_alive() and not t.daemon
+           for t in threading.enumerate()):
+        _exit_now(code, "threads_blocked_after_stop")
+    raise SystemExit(code)

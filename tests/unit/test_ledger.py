@@ -142,3 +142,63 @@ def test_whatever_the_consumer_delivers_every_committed_offset_was_made_durable_
                 assert not missing, f"{name} never made {sorted(missing)} durable"
             book.committed({tp: upto})
             committed = upto
+
+
+# -- consumer lag ------------------------------------------------------------------------------
+
+
+def test_lag_is_the_log_end_seen_in_deliveries_minus_the_committed_offset() -> None:
+    book = ledger()
+    book.anchor(RAW, 100, now=0)
+    assert book.lag() == {RAW: 0}
+    flags, receipt, _ = book.admit_batch("validate", [(RAW, o) for o in range(100, 150)], now=1)
+    assert all(flags)
+    assert book.lag() == {RAW: 50}, "delivered but not durable is lag"
+    book.done(receipt)
+    assert book.lag() == {RAW: 50}, "durable but not committed is still lag"
+    book.committed(book.committable())
+    assert book.lag() == {RAW: 0}
+
+
+def test_a_stale_broker_end_offset_never_lowers_the_log_end() -> None:
+    """The embedded broker lists the last batch's base offset + 1: 100 records at 11-110 list 12."""
+    book = ledger()
+    book.anchor(RAW, 11, now=0)
+    book.admit_batch("validate", [(RAW, o) for o in range(11, 111)], now=1)
+    book.observe_end(RAW, 12)
+    assert book.lag() == {RAW: 100}
+    # While fetching is paused, only the broker knows the log grew; it raises the end.
+    book.observe_end(RAW, 400)
+    assert book.lag() == {RAW: 389}
+
+
+def test_out_of_order_and_redelivered_deliveries_still_show_how_far_the_log_goes() -> None:
+    book = ledger()
+    book.anchor(RAW, 0, now=0)
+    book.admit_batch("validate", [(RAW, 0), (RAW, 1)], now=1)
+    flags, _, _ = book.admit_batch("validate", [(RAW, 7), (RAW, 1)], now=2)  # a gap, a duplicate
+    assert flags == [False, False]
+    assert book.lag() == {RAW: 8}
+
+
+def test_lag_of_a_partition_with_several_readers_counts_from_the_slowest() -> None:
+    book = ledger()
+    book.anchor(CLEAN, 0, now=0)
+    _, sink, _ = book.admit_batch("sink", [(CLEAN, o) for o in range(10)], now=1)
+    book.done(sink)
+    book.committed(book.committable())
+    assert book.lag() == {CLEAN: 10}, "the aggregate reader has not made any of it durable"
+    _, agg, _ = book.admit_batch("aggregate", [(CLEAN, o) for o in range(10)], now=2)
+    book.done(agg)
+    book.committed(book.committable())
+    assert book.lag() == {CLEAN: 0}
+
+
+def test_re_anchoring_keeps_the_known_log_end_and_forgetting_drops_the_partition() -> None:
+    book = ledger()
+    book.anchor(RAW, 0, now=0)
+    book.admit_batch("validate", [(RAW, o) for o in range(30)], now=1)
+    book.anchor(RAW, 0, now=2)  # a new assignment: back to the committed offset
+    assert book.lag() == {RAW: 30}
+    book.forget([RAW])
+    assert book.lag() == {}
