@@ -73,6 +73,18 @@ def test_single_track_is_queryable_with_its_properties(pipeline: Pipeline) -> No
     assert httpx.get(f"{api}/v1/events/count", params={"from": to}).json()["count"] == 0
 
 
+def test_integers_of_any_size_keep_their_digits_over_http(pipeline: Pipeline) -> None:
+    pipeline.start_worker()
+    api = pipeline.start_api()
+    body = (b'{"event": "import", "user_id": "u1", "properties": {"order_no": 123456789012345678901234567890,'
+            b' "qty": 149.0, "big": 18446744073709551617}}')
+    resp = httpx.post(f"{api}/v1/track", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 202, resp.text
+    wait_for(lambda: pipeline.stored() == 1, 60, "the row")
+    row = pipeline.ch.query("SELECT properties['order_no'], properties['qty'], properties['big'] FROM events").result_rows
+    assert row == [("123456789012345678901234567890", "149", "18446744073709551617")]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
