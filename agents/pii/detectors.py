@@ -70,19 +70,22 @@ Check = Callable[[re.Match[str]], "Span | None"]
 
 # --- features: cheap necessary conditions, computed once per string --------------------------
 
-AT, DIGITS, COLONS, EYJ, BEARER = 1, 2, 4, 8, 16
+AT, DIGITS, COLONS, EYJ, BEARER, ENCODED = 1, 2, 4, 8, 16, 32
 
 # A digit followed by six or more of [0-9 ().-]: every card, phone, IBAN digit run (>= 8
 # digits, at most two of " ().-" between them), SSN and IPv4 ("1.2.3.4", 7 chars) has one.
+# ("030/1234567" has "1234567"; every other separator leaves a run of 7 somewhere.)
 _DIGIT_RUN = re.compile(r"[0-9][0-9 ().\-]{6,}")
 # Two colons with at most four hex digits between them: every IPv6 address has this.
 _TWO_COLONS = re.compile(r":[0-9A-Fa-f]{0,4}:")
-# Every match holds a digit, '@', ':', '.' or whitespace; these never do.
+# Every match holds a digit, '@', ':', '.' or whitespace, and every encoded form a '%', '+' or
+# '\\'; these never do.
 _PLAIN = re.compile(r"[A-Za-z_/\-\x00]*")
 
 
 def features(text: str) -> int:
-    """Bit set of the features *text* has; 0 means no detector can match anywhere in it."""
+    """Bit set of the features *text* has; 0 means no detector can match anywhere in it, nor in
+    any decoded view of it (ENCODED: a '%', '+' or backslash, see views.py)."""
     if text.isalpha() or _PLAIN.fullmatch(text) is not None:  # "desktop", "signup-cta"
         return 0
     f = 0
@@ -96,6 +99,8 @@ def features(text: str) -> int:
         f |= EYJ
     if "bearer" in text.lower():
         f |= BEARER
+    if "%" in text or "+" in text or "\\" in text:
+        f |= ENCODED
     return f
 
 
@@ -140,13 +145,14 @@ def _whole(m: re.Match[str]) -> Span:
 
 _CARD = re.compile(
     r"(?<![\w+.])"
-    r"(?:[0-9]{13,19}"  # contiguous
-    r"|[0-9]{4}(?:[ \-][0-9]{4}){2,3}(?:[ \-][0-9]{1,4})?"  # 4-4-4-1..4, 4-4-4-4[-1..4]
-    r"|[0-9]{4}[ \-][0-9]{6}[ \-][0-9]{4,5})"  # 4-6-4 (Diners), 4-6-5 (Amex)
+    r"[0-9]{4,19}(?:[ .\-][0-9]{1,8}){0,5}"  # contiguous, or groups split by single separators
     r"(?![0-9])",
     re.ASCII,
 )
+_CARD_SEP = re.compile(r"[ .\-]")
 _DOUBLED = str.maketrans("0123456789", "0246813579")  # 2d, minus 9 when that exceeds 9
+# A barcode named as such just before it: "EAN 4006381333931", "gtin=...", "barcode: ...".
+_BARCODE_WORD = re.compile(r"(?:ean|gtin|upc|isbn|barcode|bar code)[^\w]{0,3}$", re.IGNORECASE)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -154,17 +160,27 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+def ean13_ok(digits: str) -> bool:
+    """GS1 check digit of a 13-digit EAN / GTIN-13 / ISBN-13 (weights 1, 3, 1, 3, ...)."""
+    total = sum(int(c) * (3 if i % 2 else 1) for i, c in enumerate(digits[:12]))
+    return (10 - total % 10) % 10 == int(digits[12])
+
+
 def brand_ok(d: str) -> bool:
-    """Whether a card brand issues numbers of this prefix and length."""
+    """Whether a card brand issues numbers of this prefix and length.
+
+    13 digits: Visa only (the legacy 13-digit Visa). Every other brand issues 14+ (Diners 14,
+    Amex 15) or 16-19: a 13-digit run starting 5 or 6 is an EAN-13 barcode far more often.
+    """
     n = len(d)
     first = d[0]
     if first == "4":
         return n in (13, 16, 19)
     if first == "5":
         p2 = int(d[:2])
-        return n == 16 if 51 <= p2 <= 55 else p2 in (50, 56, 57, 58, 59)
+        return n == 16 if 51 <= p2 <= 55 else p2 in (50, 56, 57, 58, 59) and n >= 16
     if first == "6":
-        return True  # Discover, UnionPay, Maestro: 13-19 digits
+        return n >= 16  # Discover, UnionPay, Maestro
     if first == "3":
         p2, p3, p4 = int(d[:2]), int(d[:3]), int(d[:4])
         if p2 in (34, 37):
@@ -179,32 +195,38 @@ def brand_ok(d: str) -> bool:
 
 
 def _grouping_ok(sizes: list[int]) -> bool:
+    """Contiguous, or a printed grouping: a first group of 4-8 digits, middle groups of 3-8,
+    a last group of 1-8 (4-4-4-4, 4-6-5, 4-6-4, 8-8, 4-4-4-4-3, 4-4-5 ...)."""
     if len(sizes) == 1:
         return True
-    if sizes in ([4, 6, 5], [4, 6, 4]):
-        return True
-    return len(sizes) >= 4 and all(s == 4 for s in sizes[:-1]) and 1 <= sizes[-1] <= 4
+    return 4 <= sizes[0] <= 8 and all(3 <= s <= 8 for s in sizes[1:-1]) and 1 <= sizes[-1] <= 8
 
 
 def _card_check(m: re.Match[str]) -> Span | None:
     s = m.group()
     start = m.start()
-    space, dash = s.find(" "), s.find("-")
-    if space >= 0 and dash >= 0:  # one kind of separator per number: cut where it changes
-        s = s[: max(space, dash)]
-    sep = " " if space >= 0 and (dash < 0 or space < dash) else "-"
-    sizes = [len(g) for g in s.split(sep)]
-    digits = s.replace(sep, "")
-    total = len(digits)
-    for n in range(len(sizes), 0, -1):  # longest first: trim trailing groups
+    groups = _CARD_SEP.split(s)
+    sizes = [len(g) for g in groups]
+    total = len(s) - len(groups) + 1  # digits
+    for n in range(len(groups), 0, -1):  # longest first: trim trailing groups
         if total < 13:
             break
         if total <= 19 and _grouping_ok(sizes[:n]):
-            head = digits[:total]
-            if brand_ok(head) and luhn_ok(head):
+            digits = "".join(groups[:n])
+            if brand_ok(digits) and luhn_ok(digits) and not _barcode(m.string, start, digits, n):
                 return start, start + total + n - 1  # digits plus the n - 1 separators
         total -= sizes[n - 1]
     return None
+
+
+def _barcode(text: str, start: int, digits: str, groups: int) -> bool:
+    """A contiguous 13-digit Visa-like run with a valid EAN check digit, named a barcode."""
+    return (
+        groups == 1
+        and len(digits) == 13
+        and ean13_ok(digits)
+        and _BARCODE_WORD.search(text, max(0, start - 12), start) is not None
+    )
 
 
 # --- email -------------------------------------------------------------------------------------
@@ -225,16 +247,25 @@ def _email_check(m: re.Match[str]) -> Span | None:
 
 _PHONE_BODY = r"""
     (?: (?:\+[1-9][0-9]{0,14}                             # +country code, maybe the whole number
-          | 00[1-9][0-9]{0,3}(?=[ .\-(]))                   # 00 country code, then groups
-        (?:[ .\-]?\([0-9]{1,5}\)(?:[ .\-]?[0-9]+)?)?      #   +44 (0) 20 ...
-        (?:[ .\-][0-9]+){0,6}
-      | \([0-9]{2,5}\)[ .\-]?[0-9]+(?:[ .\-][0-9]+){0,4}  # (555) 123-4567
-      | 0[1-9][0-9]*(?:[ \-][0-9]+){1,4}                    # 030 1234567, 07700 900123
-      | [2-9][0-9]{2}(?P<sep>[ .\-])[0-9]{3}(?P=sep)[0-9]{4}  # 555-123-4567
+          | 00[1-9][0-9]{0,3}(?=[ .\-(/]))                  # 00 country code, then groups
+        (?:[ .\-]?\([0-9]{1,5}\)(?:[ .\-/]?[0-9]+)?)?     #   +44 (0) 20 ..., +49(0)30 ...
+        (?:[ .\-/][0-9]+){0,6}
+      | (?:[18][ .\-]?)?\([0-9]{2,5}\)[ .\-/]?[0-9]+(?:[ .\-/][0-9]+){0,4}
+                                                         # (555) 123-4567, 1 (555) ..., 8 (495) ...
+      | 0[1-9][0-9]*(?:[ /][0-9]+|-[0-9]{3,}){1,4}          # 030 1234567, 030/12345678, 07700 900123
+      | 0[1-9][0-9]{0,4}(?:\.[0-9]{2,4}){2,4}               # 06.12.34.56.78
+      | (?:1(?P<cc>[ .\-]))?[0-9]{3}(?P<sep>[ .\-])[0-9]{3}(?P=sep)[0-9]{4}
+                                                         # 555-123-4567, 1-977-495-3774
+      | [6-9][0-9]{4}[ \-][0-9]{5}                          # India: 68015 52976
+      | 1[3-9][0-9](?P<cn>[ \-])[0-9]{4}(?P=cn)[0-9]{4}     # China mobile: 138 0013 8000
+      | 8[ \-][0-9]{3}[ \-][0-9]{3}[ \-][0-9]{2}[ \-][0-9]{2}   # Russia: 8 800 555 35 35
+      | [6-9][0-9]{2}(?:[ ][0-9]{3}[ ][0-9]{3}|(?:[ ][0-9]{2}){3})  # Spain: 612 345 678, 612 34 56 78
+      | [1-9][0-9][ ][0-9]{4}[ ][0-9]{4}                    # Mexico: 55 1234 5678
     )
+    (?P<ext>[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{1,6})?          # extension: x123, ext. 12, #5
 """
 _PHONE = re.compile(
-    r"(?<![\w+.\-/])" + _PHONE_BODY + r"(?![\w]|[.\-:][0-9])", re.ASCII | re.VERBOSE
+    r"(?<![\w+.\-/])" + _PHONE_BODY + r"(?![\w]|[.\-:/][0-9])", re.ASCII | re.VERBOSE
 )
 _PHONE_FULL = re.compile(_PHONE_BODY, re.ASCII | re.VERBOSE)
 
@@ -249,8 +280,19 @@ def _phone_digits(s: str) -> tuple[int, int, int]:
     return n, 9, 12
 
 
+# Two digit groups just before: the candidate is the tail of a longer grouped number (a
+# printed tracking number "9400 3519 8278 0348 7434 68"), not a phone number.
+_GROUPS_BEFORE = re.compile(r"[0-9]+[ \-][0-9]+[ \-]$")
+
+
 def _phone_check(m: re.Match[str]) -> Span | None:
-    s = m.group()
+    start, end = m.span()
+    text = m.string
+    if text[start] != "+" and _GROUPS_BEFORE.search(text, max(0, start - 40), start):
+        return None
+    if m.group("ext"):
+        end = m.start("ext")
+    s = m.string[start:end]
     n, lo, hi = _phone_digits(s)
     if lo <= n <= hi:
         return m.span()
@@ -259,7 +301,8 @@ def _phone_check(m: re.Match[str]) -> Span | None:
     # Too many digits: trim trailing groups ("030 1234567 2026") while the shape still holds.
     cut = len(s)
     while True:
-        cut = max(s.rfind(" ", 0, cut), s.rfind("-", 0, cut), s.rfind(".", 0, cut))
+        cut = max(s.rfind(" ", 0, cut), s.rfind("-", 0, cut), s.rfind(".", 0, cut),
+                  s.rfind("/", 0, cut))
         if cut <= 0:
             return None
         head = s[:cut]
@@ -267,7 +310,7 @@ def _phone_check(m: re.Match[str]) -> Span | None:
         if n < lo:
             return None
         if n <= hi and _PHONE_FULL.fullmatch(head):
-            return m.start(), m.start() + cut
+            return start, start + cut
 
 
 # --- iban --------------------------------------------------------------------------------------
@@ -285,37 +328,58 @@ IBAN_LENGTHS: dict[str, int] = {
     "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28,
     "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
 }
-_IBAN = re.compile(
-    r"(?<!\w)[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?(?!\w)", re.ASCII
-)
+_IBAN = re.compile(r"(?<!\w)[A-Za-z]{2}[0-9]{2}(?:[ \-.]?[A-Za-z0-9]){9,30}", re.ASCII)
 _IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
 _EIGHT_DIGITS = re.compile(r"[0-9]{8}")
 
 
 def iban_ok(compact: str) -> bool:
-    """*compact*: upper case, no spaces."""
+    """*compact*: upper case, no separators."""
     if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not _EIGHT_DIGITS.search(compact):
         return False
     return int((compact[4:] + compact[:4]).translate(_IBAN_DIGITS)) % 97 == 1
 
 
 def _iban_check(m: re.Match[str]) -> Span | None:
+    """The country fixes the length: take that many characters, skipping single separators
+    (any mix of spaces, dashes and dots, anywhere), and check mod 97."""
     s = m.group()
-    if iban_ok(s.replace(" ", "").upper()):
-        return m.span()
-    # "BE68 5390 0754 7034 next": trim trailing space-separated groups.
-    cut = len(s)
-    while (cut := s.rfind(" ", 0, cut)) >= 15:
-        if iban_ok(s[:cut].replace(" ", "").upper()):
-            return m.start(), m.start() + cut
-    return None
+    want = IBAN_LENGTHS.get(s[:2].upper())
+    if want is None:
+        return None
+    chars: list[str] = []
+    end = 0
+    for i, c in enumerate(s):
+        if c.isalnum():
+            chars.append(c)
+            if len(chars) == want:
+                end = i + 1
+                break
+    if end == 0 or (end < len(s) and s[end].isalnum()):  # too short, or glued to more
+        return None
+    following = m.string[m.start() + end : m.start() + end + 1]
+    if following.isalnum() or following == "_":
+        return None
+    return (m.start(), m.start() + end) if iban_ok("".join(chars).upper()) else None
 
 
 # --- ssn ---------------------------------------------------------------------------------------
 
 _SSN = re.compile(
-    r"(?<![\w\-])(?!000|666|9)[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![\w\-]|\.[0-9])", re.ASCII
+    r"(?<![\w\-])(?!000|666|9)[0-9]{3}(?P<sep>[\- .]?)(?!00)[0-9]{2}(?P=sep)(?!0000)[0-9]{4}"
+    r"(?![\w\-]|[.,][0-9])",
+    re.ASCII,
 )
+# An undashed 9-digit run right after one of these is an amount, a decimal, a path or an id.
+_SSN_BARE_BEFORE = frozenset(".,/#+$")
+
+
+def _ssn_check(m: re.Match[str]) -> Span | None:
+    start = m.start()
+    if not m.group("sep") and start > 0 and m.string[start - 1] in _SSN_BARE_BEFORE:
+        return None
+    return m.span()
+
 
 # --- ip ----------------------------------------------------------------------------------------
 
@@ -323,6 +387,26 @@ OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(
     rf"(?<![\w.])(?<!\w/){OCTET}(?:\.{OCTET}){{3}}(?!\w|\.[0-9])", re.ASCII
 )
+# "version 1.2.3.4", "build: 10.0.12.1", "rev=2.1.0.3"
+_VERSION_WORD = re.compile(r"\b(?:version|ver|build|release|rev|v)[\s:=#]{0,2}$", re.IGNORECASE)
+
+
+def _ipv4_check(m: re.Match[str]) -> Span | None:
+    """An IPv4 address, unless it reads as a four-part version: every part a single digit
+    ("1.2.3.4", "2.0.1.0": an address like that is a public resolver, not a person's), named a
+    version just before, or followed by a pre-release or build tag ("1.2.3.4-beta", "+sha")."""
+    s = m.group()
+    if len(s) == 7:  # four single digits
+        return None
+    start, end = m.span()
+    text = m.string
+    if _VERSION_WORD.search(text, max(0, start - 10), start) is not None:
+        return None
+    if text[end : end + 1] == "+" or (text[end : end + 1] == "-" and text[end + 1 : end + 2].isalpha()):
+        return None
+    return start, end
+
+
 # The whole run of hex digits, colons and dots (for "::ffff:192.0.2.1"), taken atomically: the
 # check decides, and a rejected run is skipped whole, which keeps colon-heavy text linear.
 _IPV6 = re.compile(
@@ -405,9 +489,9 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("email", AT, _EMAIL, _email_check),
     Detector("iban", DIGITS, _IBAN, _iban_check),
     Detector("card", DIGITS, _CARD, _card_check),
-    Detector("ssn", DIGITS, _SSN, _whole),
+    Detector("ssn", DIGITS, _SSN, _ssn_check),
     Detector("ip", COLONS, _IPV6, _ipv6_check, skip_rejected=True),
-    Detector("ip", DIGITS, _IPV4, _whole),
+    Detector("ip", DIGITS, _IPV4, _ipv4_check),
     Detector("phone", DIGITS, _PHONE, _phone_check),
 )
 KINDS: tuple[Kind, ...] = ("card", "email", "phone", "iban", "ssn", "ip", "bearer", "jwt")

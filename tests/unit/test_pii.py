@@ -102,6 +102,9 @@ POSITIVES = [
     ("mc2 2223003122003222", "mc2 [card]"),
     ("jcb 3530111333300000 diners 30569309025904", "jcb [card] diners [card]"),
     ("card 4111111111111111 2026", "card [card] 2026"),
+    ("41111111 11111111", "[card]"),  # 8-8
+    ("4111.1111.1111.1111", "[card]"),
+    ("4111 1111-1111.1111 ok", "[card] ok"),  # mixed separators
     ("qty 5 4111 1111 1111 1111", "qty 5 [card]"),
     # email
     ("contact John.Doe@Example.com today", "contact [email] today"),
@@ -118,6 +121,13 @@ POSITIVES = [
     ("+44 (0) 20 7946 0958 ext", "[phone] ext"),
     ("0049 30 1234567", "[phone]"),
     ("555.123.4567", "[phone]"),
+    ("030/12345678", "[phone]"),
+    ("1-977-495-3774", "[phone]"),
+    ("68015 52976", "[phone]"),
+    ("call 555-123-4567x123 now", "call [phone] now"),
+    ("+49(0)30 12345678", "[phone]"),
+    ("06.12.34.56.78", "[phone]"),
+    ("8 (495) 123-45-67", "[phone]"),
     ("030 1234567 2026", "[phone] 2026"),
     # iban
     ("iban DE89 3704 0044 0532 0130 00.", "iban [iban]."),
@@ -128,6 +138,10 @@ POSITIVES = [
     # ssn
     ("SSN: 123-45-6789.", "SSN: [ssn]."),
     ("ssn=078-05-1120&x", "ssn=[ssn]&x"),
+    ("ssn 078 05 1120", "ssn [ssn]"),
+    ('{"ssn":"078051120"}', '{"ssn":"[ssn]"}'),
+    ("iban DE89-3704-0044-0532-0130-00", "iban [iban]"),
+    ("de89.3704.0044.0532.013000", "[iban]"),
     # ip
     ("from 203.0.113.7:443", "from [ip]:443"),
     ("http://192.168.0.1/admin", "http://[ip]/admin"),
@@ -152,7 +166,8 @@ NEGATIVES = [
     "1796116500000",  # epoch millis (Luhn-valid or not: prefix 1)
     "1796116500000123",  # epoch micros
     "ORD4111111111111111",
-    "41111111 11111111",
+    "EAN 4006381333931",  # Luhn-valid, a valid EAN-13, and named a barcode
+    "5901234123457",  # EAN-13 starting 5: no 13-digit card brand but Visa
     "9400111899223100000000",  # USPS tracking
     # emails
     "logo@2x.png",
@@ -178,9 +193,13 @@ NEGATIVES = [
     "900-12-3456",
     "123-00-4567",
     "123-45-0000",
-    "123456789",
+    "#123456789",  # an order number
+    "1234567.89",
     # ips
     "v1.2.3.4",
+    "1.2.3.4",  # every part a single digit: a version
+    "version 10.0.0.1",
+    "10.0.12.1-beta",
     "1.2.3.4.5",
     "Chrome/120.0.0.0",
     "00:1a:2b:3c:4d:5e",
@@ -374,7 +393,7 @@ def cards(draw: st.DrawFn) -> str:
                 ("62", (16, 17, 18, 19)),  # UnionPay
                 ("35", (16,)),  # JCB 3528-3589
                 ("36", (14,)),  # Diners
-                ("67", (13, 16, 19)),  # Maestro
+                ("67", (16, 19)),  # Maestro (13-digit numbers are taken as EAN-13 barcodes)
             ]
         )
     )
@@ -484,8 +503,10 @@ def ssns(draw: st.DrawFn) -> str:
 @st.composite
 def ips(draw: st.DrawFn) -> str:
     kind = draw(st.sampled_from(["v4", "v6", "v6-short", "v6-mapped", "v6-full"]))
-    if kind == "v4":
-        return ".".join(str(draw(st.integers(0, 255))) for _ in range(4))
+    if kind == "v4":  # not every part a single digit: "1.2.3.4" is left alone as a version
+        parts = [draw(st.integers(0, 255)) for _ in range(4)]
+        parts[draw(st.integers(0, 3))] = draw(st.integers(10, 255))
+        return ".".join(map(str, parts))
     if kind == "v6":
         return str(ipaddress.IPv6Address(draw(st.integers(1, 2**128 - 1))))
     if kind == "v6-short":
