@@ -172,22 +172,26 @@ class Redactor:
         """`_scan` of a field whose values repeat endlessly (user agents, libraries, event
         names, project ids). The cache is bounded and lives only in this process's memory, like
         the events themselves."""
-        hit = self._text_cache.get(text)
-        if hit is None:
-            local = _counter()
-            out, dropped = self._scan(text, local)
-            hit = (out, dropped, tuple(local.items()))
-            if len(self._text_cache) >= _TEXT_CACHE_SIZE:
-                self._text_cache.clear()
-            self._text_cache[text] = hit
+        hit = self._text_cache.get(text) or self._fill_cache(text)
         for kind, n in hit[2]:
             counts[kind] += n
         return hit[0], hit[1]
 
+    def _fill_cache(self, text: str) -> tuple[str, bool, tuple[tuple[str, int], ...]]:
+        local = _counter()
+        out, dropped = self._scan(text, local)
+        hit = (out, dropped, tuple(local.items()))
+        if len(self._text_cache) >= _TEXT_CACHE_SIZE:
+            self._text_cache.clear()
+        self._text_cache[text] = hit
+        return hit
+
     def _free_text(self, text: str, counts: Counter[str]) -> str | None:
         """A context field: redacted, None when a drop-policy detector matched."""
-        out, dropped = self._cached(text, counts)
-        return None if dropped else out
+        hit = self._text_cache.get(text) or self._fill_cache(text)
+        for kind, n in hit[2]:
+            counts[kind] += n
+        return None if hit[1] else hit[0]
 
     # --- events ------------------------------------------------------------------------------
 
@@ -203,16 +207,18 @@ class Redactor:
         out = event.copy()
         props = event["properties"]
         user_id = event["user_id"]
-        if features(event["event_name"]):
-            # The name cannot be dropped: a drop-policy match is masked like any other.
-            out["event_name"] = self._cached(event["event_name"], counts)[0]
-        if features(event["project_id"]):
-            out["project_id"] = self._cached(event["project_id"], counts)[0]
+        name = event["event_name"]
+        project = event["project_id"]
         if self._hash_user_id:
-            blob = "\x00".join([user_id, *props, *props.values()])
+            blob = "\x00".join([name, project, user_id, *props, *props.values()])
         else:
-            blob = "\x00".join([*props, *props.values()])
+            blob = "\x00".join([name, project, *props, *props.values()])
         if features(blob):
+            # Names cannot be dropped: a drop-policy match is masked like any other.
+            if features(name):
+                out["event_name"] = self._cached(name, counts)[0]
+            if features(project):
+                out["project_id"] = self._cached(project, counts)[0]
             if props:
                 redacted = self._properties(props, counts)
                 if redacted is not None:

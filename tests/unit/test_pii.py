@@ -17,10 +17,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agents.pii import KINDS, IpPolicy, RedactionConfig, Redactor
+from agents.pii.detectors import looks_like_version
 from agents.records import CleanEvent
 
 SECRET = b"unit-test-secret"
@@ -200,6 +201,7 @@ NEGATIVES = [
     "1.2.3.4",  # every part a single digit: a version
     "version 10.0.0.1",
     "10.0.12.1-beta",
+    "2.14.0.3",
     "1.2.3.4.5",
     "Chrome/120.0.0.0",
     "00:1a:2b:3c:4d:5e",
@@ -503,10 +505,10 @@ def ssns(draw: st.DrawFn) -> str:
 @st.composite
 def ips(draw: st.DrawFn) -> str:
     kind = draw(st.sampled_from(["v4", "v6", "v6-short", "v6-mapped", "v6-full"]))
-    if kind == "v4":  # not every part a single digit: "1.2.3.4" is left alone as a version
-        parts = [draw(st.integers(0, 255)) for _ in range(4)]
-        parts[draw(st.integers(0, 3))] = draw(st.integers(10, 255))
-        return ".".join(map(str, parts))
+    if kind == "v4":  # not shaped like a version ("1.2.3.4", "2.14.0.3"): those are left alone
+        address = ".".join(str(draw(st.integers(0, 255))) for _ in range(4))
+        assume(not looks_like_version(address))
+        return address
     if kind == "v6":
         return str(ipaddress.IPv6Address(draw(st.integers(1, 2**128 - 1))))
     if kind == "v6-short":
