@@ -340,20 +340,64 @@ def _digits(text: str) -> str:
     return "".join(c for c in text if c.isdigit())
 
 
+class Haystack:
+    """Texts to search for leaks. Each text is searched on its own: a value is found only
+    inside one text (a field, a cell, a message), never across two."""
+
+    def __init__(self, texts: list[str] | None = None) -> None:
+        self._texts: list[str] = []
+        self._digits: list[str] = []
+        self._joined: tuple[str, str, str] | None = None
+        for text in texts or []:
+            self.add(text)
+
+    def add(self, text: str) -> None:
+        text = HASH_TOKEN.sub(" ", text)
+        self._texts.append(text)
+        self._digits.append(_digits(text))
+        self._joined = None
+
+    def find(self, planted: Planted) -> str | None:
+        """The text *planted* can be read in, or None."""
+        if self._joined is None:
+            plain = "\x00".join(self._texts)
+            self._joined = (plain, plain.lower(), "|".join(self._digits))
+        plain, lower, digits = self._joined
+        secret = planted.secret
+        hit = -1
+        for form in (secret, *encoded_forms(secret)):
+            if (hit := plain.find(form)) >= 0:
+                break
+        if hit < 0 and planted.kind == "email":
+            hit = lower.find(secret.lower())
+        if hit >= 0:
+            return self._texts[plain.count("\x00", 0, hit)]
+        if planted.kind in ("card", "phone", "ssn", "iban"):
+            run = _digits(secret)
+            # The value's digits, contiguous in a text's digits: only a survivor can put 9+ there.
+            if len(run) >= 9 and (at := digits.find(run)) >= 0:
+                return self._texts[digits.count("|", 0, at)]
+        return None
+
+
 def leaked(planted: Planted, text: str) -> bool:
     """Whether *planted* can be read in *text* (hash tokens excepted)."""
-    text = HASH_TOKEN.sub(" ", text)
-    secret = planted.secret
-    if secret in text or any(form in text for form in encoded_forms(secret)):
-        return True
-    if planted.kind == "email" and secret.lower() in text.lower():
-        return True
-    if planted.kind in ("card", "phone", "ssn", "iban"):
-        run = _digits(secret)
-        # The value's digits, contiguous in the text's digits: only a survivor can put 9+ there.
-        if len(run) >= 9 and run in _digits(text):
-            return True
-    return False
+    return Haystack([text]).find(planted) is not None
+
+
+FILLER = ["the", "user", "clicked", "order", "ref", "page", "note", "ok", "v2.1", "2026-11-28",
+          "ORD-2026-000123", "12:30", "1234.56", "/docs", "x_y", "Über", "日本", "42", "7", "2026"]
+SEPARATORS = [" ", ", ", "; ", " (", ") ", "'", "=", ": ", " | ", "<", ">", " - ", "\n", "\t",
+              '"', "[", "]"]
+
+
+def embed(rng: random.Random, text: str) -> str:
+    """*text* with words around it, or alone."""
+    if rng.random() < 0.3:
+        return text
+    before = " ".join(rng.choice(FILLER) for _ in range(rng.randint(0, 2)))
+    after = " ".join(rng.choice(FILLER) for _ in range(rng.randint(0, 2)))
+    return before + rng.choice(SEPARATORS) + text + rng.choice(SEPARATORS) + after
 
 
 # --- look-alikes ---------------------------------------------------------------------------------

@@ -34,7 +34,15 @@ from agents.pii import KINDS, RedactionConfig, Redactor
 from agents.preview import letter_preview
 from agents.records import CleanEvent, Invalid, SourceMeta
 from agents.validate import Validator
-from tests.unit.pii_corpus import ENCODINGS, LookAlikes, PiiMaker, Planted, encode, leaked
+from tests.unit.pii_corpus import (
+    ENCODINGS,
+    LookAlikes,
+    PiiMaker,
+    Planted,
+    embed,
+    encode,
+    leaked,
+)
 
 SECRET = b"corpus-secret"
 REDACTORS = {
@@ -55,12 +63,6 @@ SCHEMAS = {BATCH_ID: writer_schema(BATCH_ID, schemas.schema_str(schemas.EVENT_BA
 WRITER = BatchWriter(schemas.EVENT_BATCH, BATCH_ID)
 MIN_CASES = 20_000
 
-FILLER = ["the", "user", "clicked", "order", "ref", "page", "note", "ok", "v2.1", "2026-11-28",
-          "ORD-2026-000123", "12:30", "1234.56", "/docs", "x_y", "Über", "日本", "42", "7", "2026"]
-SEPARATORS = [" ", ", ", "; ", " (", ") ", "'", "=", ": ", " | ", "<", ">", " - ", "\n", "\t",
-              '"', "[", "]"]
-
-
 @dataclass
 class Case:
     planted: Planted
@@ -74,15 +76,6 @@ class Outcome:
     cases: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     leaks: list[tuple[Case, str, str]] = field(default_factory=list)  # case, output, excerpt
     by_output: Counter[str] = field(default_factory=Counter)
-
-
-def embed(rng: random.Random, text: str) -> str:
-    """*text* with words around it, or alone."""
-    if rng.random() < 0.3:
-        return text
-    before = " ".join(rng.choice(FILLER) for _ in range(rng.randint(0, 2)))
-    after = " ".join(rng.choice(FILLER) for _ in range(rng.randint(0, 2)))
-    return before + rng.choice(SEPARATORS) + text + rng.choice(SEPARATORS) + after
 
 
 def make_event(rng: random.Random, maker: PiiMaker, i: int) -> tuple[dict[str, Any], list[Case]]:
@@ -160,7 +153,7 @@ def run_corpus(seed: int, messages: int, per_message: int) -> Outcome:
                                 for k in range(per_message)), strict=True)
         value = WRITER.encode(list(events))
         meta = SourceMeta("events.raw", 0, m, NOW_MS)
-        result = validator.validate_message(value, None, meta, SCHEMAS)
+        result = validator.validate_message(value, None, meta, SCHEMAS, NOW_MS)
         for ev in result.clean:
             out, _ = redactor.redact_event(ev)
             check(outcome, planted[ev["source_index"]], clean_outputs(out), policy)
@@ -169,7 +162,7 @@ def run_corpus(seed: int, messages: int, per_message: int) -> Outcome:
             check(outcome, planted[inv.index], letter_outputs(inv, redactor), policy)
         if m % 8 == 0:  # the same message undecodable: cut short, or with a wrong magic byte
             broken = value[: rng.randint(6, len(value) - 1)] if m % 16 else b"\x07" + value[1:]
-            [whole] = validator.validate_message(broken, None, meta, SCHEMAS).invalid
+            [whole] = validator.validate_message(broken, None, meta, SCHEMAS, NOW_MS).invalid
             every = [c for cs in planted for c in cs]
             check(outcome, every, letter_outputs(whole, redactor), policy)
     return outcome
