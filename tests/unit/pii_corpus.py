@@ -14,7 +14,9 @@ kinds) its run of 9+ digits, found in *text* once hash tokens are taken out.
 from __future__ import annotations
 
 import base64
+import bisect
 import ipaddress
+import itertools
 import json
 import random
 import re
@@ -340,43 +342,55 @@ def _digits(text: str) -> str:
     return "".join(c for c in text if c.isdigit())
 
 
+class _Joined:
+    """Texts joined by a separator, and where each one starts, to say which text a hit is in."""
+
+    def __init__(self, texts: list[str], sep: str) -> None:
+        self.texts = texts
+        self.joined = sep.join(texts)
+        self.starts = list(itertools.accumulate((len(t) + len(sep) for t in texts[:-1]), initial=0))
+
+    def find(self, needle: str) -> int | None:
+        """The index of the text holding *needle*, or None."""
+        at = self.joined.find(needle)
+        return None if at < 0 else bisect.bisect_right(self.starts, at) - 1
+
+
 class Haystack:
     """Texts to search for leaks. Each text is searched on its own: a value is found only
     inside one text (a field, a cell, a message), never across two."""
 
     def __init__(self, texts: list[str] | None = None) -> None:
         self._texts: list[str] = []
-        self._digits: list[str] = []
-        self._joined: tuple[str, str, str] | None = None
+        self._index: tuple[_Joined, _Joined, _Joined] | None = None
         for text in texts or []:
             self.add(text)
 
     def add(self, text: str) -> None:
-        text = HASH_TOKEN.sub(" ", text)
-        self._texts.append(text)
-        self._digits.append(_digits(text))
-        self._joined = None
+        self._texts.append(HASH_TOKEN.sub(" ", text))
+        self._index = None
+
+    def __len__(self) -> int:
+        return len(self._texts)
 
     def find(self, planted: Planted) -> str | None:
         """The text *planted* can be read in, or None."""
-        if self._joined is None:
-            plain = "\x00".join(self._texts)
-            self._joined = (plain, plain.lower(), "|".join(self._digits))
-        plain, lower, digits = self._joined
+        if self._index is None:
+            texts = self._texts
+            self._index = (_Joined(texts, "\x00\x01"), _Joined([t.lower() for t in texts], "\x00\x01"),
+                           _Joined([_digits(t) for t in texts], "|"))
+        plain, lower, digits = self._index
         secret = planted.secret
-        hit = -1
         for form in (secret, *encoded_forms(secret)):
-            if (hit := plain.find(form)) >= 0:
-                break
-        if hit < 0 and planted.kind == "email":
-            hit = lower.find(secret.lower())
-        if hit >= 0:
-            return self._texts[plain.count("\x00", 0, hit)]
+            if (i := plain.find(form)) is not None:
+                return self._texts[i]
+        if planted.kind == "email" and (i := lower.find(secret.lower())) is not None:
+            return self._texts[i]
         if planted.kind in ("card", "phone", "ssn", "iban"):
             run = _digits(secret)
             # The value's digits, contiguous in a text's digits: only a survivor can put 9+ there.
-            if len(run) >= 9 and (at := digits.find(run)) >= 0:
-                return self._texts[digits.count("|", 0, at)]
+            if len(run) >= 9 and (i := digits.find(run)) is not None:
+                return self._texts[i]
         return None
 
 
