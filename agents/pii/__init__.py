@@ -4,26 +4,32 @@
     clean, counts = redactor.redact_event(event)           # per event: pure, never raises
 
 Card numbers, emails, phone numbers, IBANs, SSNs, IP addresses and bearer tokens / JWTs are
-found (detectors.py says exactly what each matches and what it leaves alone) in property values,
-property keys, and the free-text context fields user_agent and library, and are masked, hashed
-or cause the property to be dropped (policy.py). The context ip has its own policy (truncate by
-default). What is never scanned, and why:
+found (detectors.py says exactly what each matches and what it leaves alone) in every text field
+of an event: the event name, the project id, property keys and values, and the context's user
+agent, library and ip; and are masked, hashed or cause the property to be dropped (policy.py).
+Each text is scanned as it is and in its decoded views (views.py: URL-decoded, form-decoded,
+JSON-unescaped, nested up to three times), so ``?email=jane%40x.com`` and ``"call\\n030 1234567"``
+are caught; a match in a view replaces the encoded span of the original, and a hash token is
+taken of the decoded value (the same token as the plain value's).
 
-* event_id: a UUID the validator has already parsed; it cannot hold anything else.
-* event_name: it names what happened in the product's own vocabulary, and the validator only
-  lets [A-Za-z0-9_ .:/$-] through (no '@'); rewriting it would break every funnel built on it.
-* user_id: it is the analytics identity (uniques, retention, funnels all join on it), so it
-  is never masked. When it itself looks like PII (an email used as the id) and
-  `hash_user_id_if_pii` is set (the default), it is replaced by its keyed hash token: still one
-  stable id per person, no longer the address.
-* project_id (set by the collector), timestamps, schema id and provenance (numbers).
+* event_name and project_id: a match is masked or hashed in place; a drop policy masks (the
+  event cannot lose its name). A masked name is still one name per value, so funnels and
+  rollups keep working, and names and project ids never carry the value into rollup keys.
+* user_id: it is the analytics identity (uniques, retention, funnels all join on it), so it is
+  never masked. When it holds PII (an email used as the id, "acct 4111 1111 1111 1111") and
+  `hash_user_id_if_pii` is set (the default), it is replaced by its keyed hash token: still
+  one stable id per person, no longer the address.
+* context ip: its own policy (truncate by default); text that is not an address is scanned.
+* Never scanned: event_id (a UUID the validator has already parsed), timestamps, schema id and
+  provenance (numbers).
 
 A property key that is redacted can collide with another (two emails as keys, masked, are both
 "[email]"); the later one wins. Hashing keys (the default for emails) keeps them apart.
 
-Cost: one string is built from the keys and values of an event and tested for the features any
-PII needs (an '@', a run of digits, two colons, "eyJ", "bearer"); typical events stop there.
-Free-text fields (user agents) repeat endlessly, so their redactions are cached.
+Cost: one string is built from the event's names, keys and values and tested for the features
+any PII needs (an '@', a run of digits, two colons, "eyJ", "bearer", or an encoding: '%', '+',
+a backslash); typical events stop there. Free-text and name fields repeat endlessly, so their
+redactions are cached.
 """
 
 from __future__ import annotations

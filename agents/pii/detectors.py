@@ -6,46 +6,71 @@ any of its matches must contain. `features(text)` computes them once per string:
 none of them (``"DE"``, ``"desktop"``, ``"/pricing"``, ``"signup-cta"``) is never given to a
 single detector pattern, which is what keeps redaction cheap on typical events.
 
+Detectors see characters: encoded forms (``jane%40x.com``, ``4111+1111+...``, ``\\u0040``,
+``\\n`` glued to a number) are decoded by the redactor first (views.py), and the detectors run
+on each decoded view as on the text itself.
+
 What each detector matches, and what it deliberately does not:
 
-card    13-19 digits, contiguous or grouped by single spaces or single dashes (one kind of
-        separator per number) as cards are printed: 4-4-4-4[-1..3], 4-4-4-1..3, 4-6-5, 4-6-4.
-        Must pass Luhn and start with a real brand prefix at a length that brand issues (Visa 4:
-        13/16/19; Mastercard 51-55, 2221-2720: 16; Mir 2200-2204; Amex 34/37: 15; Diners
-        300-305/36/38/39; JCB 3528-3589; Discover and UnionPay 6xxx; Maestro 50/56-69). Not
-        matched: numbers glued to letters, '_', '.' or '+' ("ORD4111..."; versions; phones),
-        digit runs longer than 19 that no grouping splits (tracking numbers), leading 0/1/7-9
-        (epoch millis and micros start with 1), other groupings ("41111111 11111111").
-        A longer grouped run is trimmed from the right ("4111 1111 1111 1111 2026" masks the
-        card, keeps "2026").
+card    13-19 digits, contiguous or in groups split by single spaces, dashes or dots, mixed or
+        not: a first group of 4-8 digits, middle groups of 3-8, a last group of 1-8 (4-4-4-4,
+        4-6-5, 4-6-4, 8-8, 4-4-4-4-3, "4111 1111-1111.1111"). Must pass Luhn and start with a
+        real brand prefix at a length that brand issues (Visa 4: 13/16/19; Mastercard 51-55,
+        2221-2720: 16; Mir 2200-2204: 16-19; Amex 34/37: 15; Diners 300-305/36/38/39: 14-19;
+        JCB 3528-3589: 16-19; Discover, UnionPay, Maestro 6xxx and Maestro 50/56-59: 16-19).
+        Not matched: numbers glued to letters, '_', '.', '+' or '-' ("ORD4111...", versions,
+        phones, "111-1234567-1234567" order numbers), digit runs longer than 19 that no
+        grouping splits (tracking numbers), leading 0/1/7-9 (epoch millis and micros start
+        with 1), 13-digit numbers other than Visa's (EAN-13 barcodes), and a contiguous 13-digit
+        number with a valid EAN check digit named just before as "EAN", "GTIN", "UPC", "ISBN"
+        or "barcode". A longer grouped run is trimmed from the right ("4111 1111 1111 1111 2026"
+        masks the card, keeps "2026").
 email   local@domain.tld with Unicode letters; the TLD is 2-63 letters. Not matched: hosts
         without a dot ("root@localhost"), numeric "TLDs" ("pkg@1.2.3"), retina asset names
-        ("logo@2x.png"), local parts over 64 characters, URL-encoded '@' ("jane%40x.com").
-phone   '+' then 8-15 digits (E.164), contiguous or grouped by single spaces, dots or dashes,
-        with an optional "(0)"/"(20)" group: "+14155552671", "+44 20 7946 0958"; '00' instead
-        of '+' only when grouped ("0044 20 7946 0958"; "0083045054689" is a barcode or a
-        zero-padded id far more often than a phone number). National numbers need 9-12
-        digits and a recognisable shape: "(555) 123-4567", "555-123-4567" / "555.123.4567" /
-        "555 123 4567" (NANP, one separator kind), or one trunk 0 then space/dash groups:
-        "030 1234567", "07700 900123". The 9-digit floor keeps dates, times and short ids out.
-        Not matched: bare national digit runs ("5551234567" is also epoch seconds or an id),
-        anything glued to a word, '+', '.', '-' or '/' (order ids "ORD-2026-000123", paths),
-        followed by ":digit" (times) or ".digit"/"-digit" (versions, ids), ISO dates (8 digits).
-iban    two letters, two check digits, then the BBAN, contiguous or in groups of four separated
-        by single spaces; case-insensitive. The country must be in the IBAN registry with that
-        length and mod-97 must be 1. Additionally a run of >= 8 digits is required, which every
-        registry format has (account numbers are numeric); it keeps the pre-filter single.
-        Irregularly spaced IBANs are not matched.
-ssn     US SSN AAA-GG-SSSS with dashes only; area 000, 666 and 900-999, group 00 and serial
-        0000 are rejected. Undashed 9-digit numbers are NOT matched: far too many ids, amounts
-        and phone fragments are 9 digits, and an undashed SSN is rare in event properties.
-ip      IPv4: four decimal octets 0-255 (no leading zeros), not glued to a word or a dot and
-        not the version of a product token: "v1.2.3.4", "1.2.3.4.5", "Chrome/120.0.0.0" and
-        "/api/1.2.3.4" are not matched, but a bare four-part version "1.2.3.4" is (it IS a
-        valid address). IPv6: a run of hex digits and colons (optionally ending in an IPv4)
-        that `ipaddress` accepts and that holds a hex digit, not glued to a word or a dot, so
-        "::1", "fe80::1", "ip:fe80::1", "::ffff:192.0.2.1" are matched while times
-        "10:30:45", MACs "00:1a:2b:3c:4d:5e" and a bare "::" are not.
+        ("logo@2x.png"), local parts over 64 characters.
+phone   International: '+' then 8-15 digits (E.164), contiguous or grouped by single spaces,
+        dots, dashes or slashes, with an optional "(0)"/"(20)" group: "+14155552671",
+        "+44 20 7946 0958", "+49(0)30 12345678", "+1-555-123-4567"; '00' instead of '+' only
+        when grouped ("0044 20 7946 0958", "001-555-123-4567"). National numbers need 9-12
+        digits and one of these shapes, with an optional extension ("x123", " ext. 12", "#5"):
+          NANP      555-123-4567, 555.123.4567, 555 123 4567 (one separator kind), (555) 123-4567,
+                    (555)123-4567, with a leading country code 1: 1-977-495-3774, 1 (555) ...
+          trunk 0   030 1234567, 030/12345678, 030-1234567, (030) 1234567, 07700 900123,
+                    01 23 45 67 89, 06.12.34.56.78, 03-1234-5678, 090-1234-5678, 0412 345 678
+          India     68015 52976, 98765-43210 (5-5, first digit 6-9)
+          China     138 0013 8000 (3-4-4 mobile, 1[3-9]x)
+          Russia    8 (495) 123-45-67, 8 800 555 35 35 (trunk 8)
+          Spain     612 345 678, 912 34 56 78 (first digit 6-9)
+          Mexico    55 1234 5678 (2-4-4)
+          Brazil    (11) 91234-5678 (area code in parentheses)
+        Not matched: bare national digit runs ("5551234567" is also epoch seconds or an id;
+        "0301234567"), anything glued to a word, '+', '.' or '-' (order ids "ORD-2026-000123"),
+        followed by ":digit" (times) or ".digit"/"-digit"/"/digit" (versions, ids), ISO dates (8
+        digits), dash groups of 1-2 digits after a trunk 0 ("025-9036-78" is a SKU), printed
+        tracking numbers (three 4-digit groups from 0, "0797 6443 3158"; 4-digit groups that
+        continue 4-digit groups, "9400 3519 8278 0348 7434 68"), and other national shapes
+        (e.g. "612-34-56-78" with dashes, "2-4-4" outside Mexico's).
+iban    two letters, two check digits, then the BBAN, contiguous or with single separators
+        (spaces, dashes or dots, in any places: "DE89-3704-0044-0532-0130-00",
+        "DE89 37040044 0532013000"); case-insensitive. The country must be in the IBAN
+        registry, its length is taken from there, and mod-97 must be 1. Additionally a run of
+        >= 8 digits is required, which every registry format has (account numbers are
+        numeric). Not matched: double spaces or other separators inside, an IBAN glued to more
+        letters or digits.
+ssn     US SSN AAA-GG-SSSS with dashes, single spaces or dots (one kind per number), or 9 bare
+        digits; area 000, 666 and 900-999, group 00 and serial 0000 are rejected (about 11% of
+        9-digit numbers). A bare 9-digit number right after '.', ',', '#', '+' or '$' is an
+        amount or an order number, and is left alone; any other bare 9-digit number of that
+        structure IS masked (a 9-digit numeric id cannot be told from an SSN: allowlist its key).
+ip      IPv4: four decimal octets 0-255 (no leading zeros), not glued to a word or a dot, not
+        shaped like a four-part version (`looks_like_version`: a single-digit first part and at
+        most 6 digits in all, "1.2.3.4", "2.14.0.3"), not named a version just before ("version
+        10.0.0.1", "build: 10.2.0.1"), not followed by a tag ("10.0.12.1-beta", "+sha"), and
+        not a product token's version ending in .0.0 ("Chrome/120.0.0.0"): "v1.2.3.4",
+        "1.2.3.4.5" are not matched either. IPv6: a run of hex digits and colons (optionally
+        ending in an IPv4) that `ipaddress` accepts and that holds a hex digit, not glued to a
+        word or a dot, so "::1", "fe80::1", "ip:fe80::1", "::ffff:192.0.2.1" are matched while
+        times "10:30:45", MACs "00:1a:2b:3c:4d:5e" and a bare "::" are not.
 bearer  "Bearer <token>" (any case): the token (>= 8 token68 characters) is redacted and the
         scheme word kept. To leave prose alone ("Bearer authentication") the token needs a
         digit, or 20+ characters with upper and lower case.

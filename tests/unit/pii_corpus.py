@@ -545,6 +545,9 @@ class LookAlikes:
             lambda: f"Build {n(1000, 99999)}", lambda: f"page {n(1, 500)} of {n(500, 900)}",
             lambda: f"{n(1, 100)}%", lambda: f"{n(10000, 99999)}", lambda: f"{n(1000, 9999)}-{n(100, 999)}",
             lambda: f"1920x{n(600, 1200)}", lambda: f"rgba({n(0, 255)},{n(0, 255)},{n(0, 255)},0.5)",
+            lambda: f"^{n(0, 9)}.{n(0, 20)}.{n(0, 20)}", lambda: f">={n(0, 9)}.{n(0, 9)} <{n(10, 20)}.0",
+            lambda: f"{n(1, 28):02d}/{n(1, 12):02d}/{n(1990, 2030)}",
+            lambda: f"{n(1990, 2030)}{n(1, 12):02d}{n(1, 28):02d}", lambda: f"#{self.hx(3)}",
         )
 
     KINDS = ("version", "ean", "isbn", "upc", "order_id", "tracking_number", "timestamp",
