@@ -173,7 +173,8 @@ def shape(value: bytes, body: bytes | None = None, schema_id: int | None = None)
             "undecodable": {
                 "bytes": len(value),
                 "schema_id": schema_id,
-                "strings": [redact_diagnostic(_CONTROL.sub(" ", s)) for s in strings],
+                "strings": [redact_diagnostic(_CONTROL.sub(" ", s), everywhere=True)
+                            for s in strings],
                 "unread_bytes": unread,
             }
         }
@@ -195,7 +196,7 @@ def _unframed(value: bytes, redact: Callable[[str], str]) -> str:
     text = _CONTROL.sub(" ", text)
     if len(text) <= TEXT_WHOLE_CHARS:
         return redact(text)
-    return redact_diagnostic(redact(text[:TEXT_WHOLE_CHARS]))
+    return redact_diagnostic(redact(text[:TEXT_WHOLE_CHARS]), everywhere=True)
 
 
 def _json(node: Any) -> str:

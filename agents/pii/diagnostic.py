@@ -5,11 +5,14 @@ bluntly than clean events, and without a secret:
 
 * every detector runs with the ``mask`` policy (``[email]``, never a hash token), on the text
   and on its URL-decoded and JSON-unescaped views, as for events;
-* then, because such text may hold a value that someone else cut short ("event_name
-  'jane.doe@exa' ...", the first bytes of a message), *fragments* that no detector can
-  recognise are masked too: anything joined to an '@' (``[email]``), any run of 7 or more digits
-  even with spaces, dots, dashes, slashes or parentheses between them (``[number]``), and any
-  run of 24 or more token characters mixing upper case, lower case and digits (``[token]``).
+* then, because such text may quote a value that someone cut short ("event_name
+  'jane.doe@exa'"), or be a guess at where a value starts (strings recovered from undecodable
+  bytes), *fragments* that no detector can recognise are masked too: anything joined to an '@'
+  (``[email]``), any run of 7 or more digits even with spaces, dots, dashes, slashes or
+  parentheses between them (``[number]``), and any run of 24 or more token characters mixing
+  upper case, lower case and digits (``[token]``). In a reason, only inside its quotes (where
+  values are quoted), so the pipeline's own figures stay readable ("2026-11-28T10:30:45Z",
+  "offset 12345678"); in recovered strings, everywhere.
   The text is shown decoded (``%40`` as '@'), so an encoded fragment is masked as well.
 
 `redact_diagnostic` is pure and never raises. Truncate only what it returns: a cut made after
@@ -61,11 +64,22 @@ def _decoded(text: str) -> str:
     return text
 
 
-def redact_diagnostic(text: str) -> str:
-    """*text* with PII and PII fragments masked (see the module docstring)."""
+# A quoted value, or one whose closing quote was cut off.
+_QUOTED = re.compile(r"'[^']*(?:'|$)|\"[^\"]*(?:\"|$)")
+
+
+def _fragments(text: str) -> str:
+    text = _AT_FRAGMENT.sub(lambda m: "[email]" if m.group() != "@" else "@", text)
+    text = _DIGIT_FRAGMENT.sub("[number]", text)
+    return _TOKEN_CANDIDATE.sub(_token, text)
+
+
+def redact_diagnostic(text: str, everywhere: bool = False) -> str:
+    """*text* with PII masked, and PII fragments masked inside its quotes, or *everywhere*
+    (see the module docstring)."""
     out = _masker().redact_text(text)[0]
     out = _decoded(out)
     out = _masker().redact_text(out)[0]
-    out = _AT_FRAGMENT.sub(lambda m: "[email]" if m.group() != "@" else "@", out)
-    out = _DIGIT_FRAGMENT.sub("[number]", out)
-    return _TOKEN_CANDIDATE.sub(_token, out)
+    if everywhere:
+        return _fragments(out)
+    return _QUOTED.sub(lambda m: _fragments(m.group()), out)

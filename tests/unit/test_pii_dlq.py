@@ -142,8 +142,16 @@ def test_letter_row_redacts_a_reason_written_unredacted() -> None:
     assert CARD not in str(row["reason"]) and "[card]" in str(row["reason"])
 
 
-def test_reasons_keep_what_helps_fix_a_producer() -> None:
-    reason = "io.rearview.Event schema 12 cannot be read as the pipeline's schema 3: field 'price'"
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "io.rearview.Event schema 12 cannot be read as the pipeline's schema 3: field 'price'",
+        "timestamp is further in the past than allowed: 2025-11-28T10:30:45.123Z is more than"
+        " 365 days before its receive time 2026-11-29T10:30:45.000Z",
+        "redrive header rv.source_offset 12345678901 is outside 0..9223372036854775807",
+    ],
+)
+def test_reasons_keep_what_helps_fix_a_producer(reason: str) -> None:
     assert redact_diagnostic(reason) == reason
 
 
