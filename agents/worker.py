@@ -24,11 +24,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
-import orjson
 import structlog
 
 from agents import dlq, preview
-from agents.codec import FramingError, Kind, decode, split_frame
+from agents.codec import FramingError, split_frame
 from agents.offsets import OffsetKeeper, bytes_topic
 from agents.pii import Redactor
 from agents.produce import produce_all
