@@ -34,7 +34,7 @@ from agents.pii.diagnostic import redact_diagnostic
 
 # Strings are looked for in the first WALK_BYTES of a body (each one read whole, however long),
 # until STRINGS_CHARS characters of them are found: the preview is cut at 2 KB anyway.
-WALK_BYTES = 65_536
+WALK_BYTES = 16_384
 STRINGS_CHARS = 4_096
 MIN_STRING = 2
 MAX_STRING = 65_536
