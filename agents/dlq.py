@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agents.pii.diagnostic import redact_diagnostic
 from agents.records import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, Invalid, SourceMeta
 
 H_STAGE = "rv.stage"
@@ -33,7 +34,11 @@ H_REDRIVE_OF = "rv.redrive_of"
 
 
 def headers(invalid: Invalid, failed_at_ms: int) -> list[tuple[str, bytes]]:
-    """Kafka headers of the dead letter for *invalid*."""
+    """Kafka headers of the dead letter for *invalid*.
+
+    The reason may quote a field value: it is redacted (`redact_diagnostic`) whole, and only
+    then cut to MAX_REASON_BYTES, at a character boundary.
+    """
     src = invalid.source
     attempt = invalid.attempt
     if invalid.first_failed_at_ms is not None:
@@ -41,7 +46,7 @@ def headers(invalid: Invalid, failed_at_ms: int) -> list[tuple[str, bytes]]:
     out = [
         (H_STAGE, invalid.stage.encode()),
         (H_ERROR_CLASS, invalid.error_class.encode()),
-        (H_REASON, invalid.reason.encode("utf-8", "replace")[:MAX_REASON_BYTES]),
+        (H_REASON, _cut(redact_diagnostic(invalid.reason), MAX_REASON_BYTES)),
         (H_SOURCE_TOPIC, src.topic.encode()),
         (H_SOURCE_PARTITION, str(src.partition).encode()),
         (H_SOURCE_OFFSET, str(src.offset).encode()),
@@ -53,6 +58,14 @@ def headers(invalid: Invalid, failed_at_ms: int) -> list[tuple[str, bytes]]:
     if invalid.schema_id is not None:
         out.append((H_SCHEMA_ID, str(invalid.schema_id).encode()))
     return out
+
+
+def _cut(text: str, max_bytes: int) -> bytes:
+    """*text* as UTF-8, at most *max_bytes*, never ending inside a character."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= max_bytes:
+        return raw
+    return raw[:max_bytes].decode("utf-8", "ignore").encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +197,12 @@ def letter_row(
     headers: dict[str, str],
     preview: str,
 ) -> dict[str, object]:
-    """The `dlq` table row of one dead letter (pure: headers already parsed)."""
+    """The `dlq` table row of one dead letter (pure: headers already parsed).
+
+    *preview* must already be redacted (see agents/preview.py); it is only cut here. The reason
+    is redacted again, whole, before anything else: a letter written by another producer or an
+    older worker may carry a reason that was cut before it was redacted.
+    """
 
     def number(name: str, default: int = 0) -> int:
         try:
@@ -202,7 +220,7 @@ def letter_row(
         "event_index": number(H_EVENT_INDEX, -1),
         "stage": headers.get(H_STAGE, "unknown"),
         "error_class": headers.get(H_ERROR_CLASS, "unknown"),
-        "reason": headers.get(H_REASON, ""),
+        "reason": redact_diagnostic(headers.get(H_REASON, "")),
         "schema_id": int(schema_id) if schema_id and schema_id.isdigit() else None,
         "first_failed_at": number(H_FIRST_FAILED_AT, timestamp_ms),
         "failed_at": timestamp_ms,

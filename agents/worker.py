@@ -24,11 +24,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
-import orjson
 import structlog
 
-from agents import dlq
-from agents.codec import FramingError, Kind, decode, split_frame
+from agents import dlq, preview
+from agents.codec import FramingError, split_frame
 from agents.offsets import OffsetKeeper, bytes_topic
 from agents.pii import Redactor
 from agents.produce import produce_all
@@ -139,32 +138,19 @@ def dead_letter_records(invalid: Sequence[Invalid], deps: WorkerDeps, now_ms: in
     records = []
     for inv in invalid:
         deps.counters.by_reason[f"{inv.stage}:{inv.error_class}"] += 1
-        # A reason may quote a field value: it gets the same redaction as clean events.
+        # dlq.headers redacts the reason whole (it may quote a field value), then cuts it.
         # (The value is the original bytes, kept unchanged for redrive, in Kafka only.)
-        reason, _ = deps.redactor.redact_text(inv.reason)
         records.append(
             {"topic": deps.dlq_topic, "key": inv.key, "value": inv.raw,
-             "partition": None, "headers": dlq.headers(replace(inv, reason=reason), now_ms)}
+             "partition": None, "headers": dlq.headers(inv, now_ms)}
         )
     return records
 
 
 def letter_preview(value: bytes, headers: dict[str, str], deps: WorkerDeps) -> str:
-    """The dead letter's event as redacted JSON, or its first bytes as redacted text."""
-    try:
-        schema_id, body = split_frame(value)
-        schema = deps.schemas.get(schema_id)
-        if schema is None:
-            raise ValueError("unknown schema")
-        # A letter the reader could not read still shows as its writer wrote it.
-        decoded = decode(body, replace(schema, reader=None))
-        if schema.kind is Kind.BATCH:
-            index = int(headers.get(dlq.H_EVENT_INDEX, "0"))
-            decoded = decoded["events"][index]
-        text = orjson.dumps(decoded, default=str).decode()
-    except Exception:  # noqa: BLE001 - undecodable letters get a text preview
-        text = (value or b"")[:512].decode("utf-8", "replace")
-    return deps.redactor.redact_text(text)[0]
+    """The dead letter's event as redacted JSON, or the redacted shape of what could not be
+    decoded (never raw bytes as text): see agents/preview.py."""
+    return preview.letter_preview(value, headers, deps.schemas.get, deps.redactor)
 
 
 def readers(deps: WorkerDeps) -> dict[str, list[str]]:

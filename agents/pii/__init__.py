@@ -4,33 +4,39 @@
     clean, counts = redactor.redact_event(event)           # per event: pure, never raises
 
 Card numbers, emails, phone numbers, IBANs, SSNs, IP addresses and bearer tokens / JWTs are
-found (detectors.py says exactly what each matches and what it leaves alone) in property values,
-property keys, and the free-text context fields user_agent and library, and are masked, hashed
-or cause the property to be dropped (policy.py). The context ip has its own policy (truncate by
-default). What is never scanned, and why:
+found (detectors.py says exactly what each matches and what it leaves alone) in every text field
+of an event: the event name, the project id, property keys and values, and the context's user
+agent, library and ip; and are masked, hashed or cause the property to be dropped (policy.py).
+Each text is scanned as it is and in its decoded views (views.py: URL-decoded, form-decoded,
+JSON-unescaped, nested up to three times), so ``?email=jane%40x.com`` and ``"call\\n030 1234567"``
+are caught; a match in a view replaces the encoded span of the original, and a hash token is
+taken of the decoded value (the same token as the plain value's).
 
-* event_id: a UUID the validator has already parsed; it cannot hold anything else.
-* event_name: it names what happened in the product's own vocabulary, and the validator only
-  lets [A-Za-z0-9_ .:/$-] through (no '@'); rewriting it would break every funnel built on it.
-* user_id: it is the analytics identity (uniques, retention, funnels all join on it), so it
-  is never masked. When it itself looks like PII (an email used as the id) and
-  `hash_user_id_if_pii` is set (the default), it is replaced by its keyed hash token: still one
-  stable id per person, no longer the address.
-* project_id (set by the collector), timestamps, schema id and provenance (numbers).
+* event_name and project_id: a match is masked or hashed in place; a drop policy masks (the
+  event cannot lose its name). A masked name is still one name per value, so funnels and
+  rollups keep working, and names and project ids never carry the value into rollup keys.
+* user_id: it is the analytics identity (uniques, retention, funnels all join on it), so it is
+  never masked. When it holds PII (an email used as the id, "acct 4111 1111 1111 1111") and
+  `hash_user_id_if_pii` is set (the default), it is replaced by its keyed hash token: still
+  one stable id per person, no longer the address.
+* context ip: its own policy (truncate by default); text that is not an address is scanned.
+* Never scanned: event_id (a UUID the validator has already parsed), timestamps, schema id and
+  provenance (numbers).
 
 A property key that is redacted can collide with another (two emails as keys, masked, are both
 "[email]"); the later one wins. Hashing keys (the default for emails) keeps them apart.
 
-Cost: one string is built from the keys and values of an event and tested for the features any
-PII needs (an '@', a run of digits, two colons, "eyJ", "bearer"); typical events stop there.
-Free-text fields (user agents) repeat endlessly, so their redactions are cached.
+Cost: one string is built from the event's names, keys and values and tested for the features
+any PII needs (an '@', a run of digits, two colons, "eyJ", "bearer", or an encoding: '%', '+',
+a backslash); typical events stop there. Free-text and name fields repeat endlessly, so their
+redactions are cached.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from agents.pii.detectors import DETECTORS, KINDS, Detector, Kind, Span, features
+from agents.pii.detectors import DETECTORS, ENCODED, KINDS, Detector, Kind, Span, features
 from agents.pii.policy import (
     DEFAULT_POLICIES,
     Hasher,
@@ -41,6 +47,7 @@ from agents.pii.policy import (
     mask_token,
     truncate_ip,
 )
+from agents.pii.views import views
 from agents.records import CleanEvent
 
 __all__ = [
@@ -77,11 +84,12 @@ class Redactor:
         self._steps: tuple[tuple[Detector, Policy], ...] = tuple(
             (d, config.policy(d.kind)) for d in DETECTORS
         )
+        self._policies: dict[Kind, Policy] = {k: config.policy(k) for k in KINDS}
         self._hasher = Hasher(config.key())
         self._allow = config.allowlist
         self._hash_user_id = config.hash_user_id_if_pii
         self._ip_policy = config.ip_policy
-        self._text_cache: dict[str, tuple[str | None, tuple[tuple[str, int], ...]]] = {}
+        self._text_cache: dict[str, tuple[str, bool, tuple[tuple[str, int], ...]]] = {}
 
     # --- text --------------------------------------------------------------------------------
 
@@ -105,7 +113,53 @@ class Redactor:
                 counts[detector.kind] += len(spans)
                 dropped = dropped or policy == "drop"
                 text = self._rewrite(text, spans, detector.kind, policy)
+        if have & ENCODED:
+            text, dropped_encoded = self._scan_views(text, counts)
+            dropped = dropped or dropped_encoded
         return text, dropped
+
+    def _scan_views(self, text: str, counts: Counter[str]) -> tuple[str, bool]:
+        """Matches in the URL-decoded and JSON-unescaped views of *text*, redacted in *text*.
+
+        The replaced span is the encoded original (``jane%40x.com``); a hash token is taken of
+        the decoded match, so it equals the token of the plain value.
+        """
+        found: list[tuple[int, int, Kind, str]] = []
+        for decoded, pos in views(text):
+            for start, end, kind in self._find_all(decoded):
+                found.append((pos[start], pos[end], kind, decoded[start:end]))
+        if not found:
+            return text, False
+        found.sort(key=lambda f: (f[0], -f[1]))
+        parts = []
+        last = 0
+        dropped = False
+        for start, end, kind, match in found:
+            if start < last:  # the same value seen in two views, or overlapping matches:
+                last = max(last, end)  # the token stands for their union
+                continue
+            counts[kind] += 1
+            policy = self._policies[kind]
+            dropped = dropped or policy == "drop"
+            parts.append(text[last:start])
+            parts.append(self._hasher.token(kind, match) if policy == "hash" else mask_token(kind))
+            last = end
+        parts.append(text[last:])
+        return "".join(parts), dropped
+
+    def _find_all(self, text: str) -> list[tuple[int, int, Kind]]:
+        """Every detector's spans in *text* (not rewritten between detectors): a span that
+        overlaps one found by an earlier detector is left to it (an IBAN holds card-like
+        digits)."""
+        have = features(text)
+        spans: list[tuple[int, int, Kind]] = []
+        for detector, _policy in self._steps:
+            if not have & detector.needs:
+                continue
+            for start, end in detector.find(text):
+                if all(end <= s or start >= e for s, e, _k in spans):
+                    spans.append((start, end, detector.kind))
+        return spans
 
     def _rewrite(self, text: str, spans: list[Span], kind: Kind, policy: Policy) -> str:
         parts = []
@@ -120,23 +174,30 @@ class Redactor:
         parts.append(text[last:])
         return "".join(parts)
 
-    def _free_text(self, text: str, counts: Counter[str]) -> str | None:
-        """A context field: redacted, None when a drop-policy detector matched.
-
-        Cached: a few hundred user agents make up nearly all traffic. The cache is bounded and
-        lives only in this process's memory, like the events themselves.
-        """
-        hit = self._text_cache.get(text)
-        if hit is None:
-            local = _counter()
-            out, dropped = self._scan(text, local)
-            hit = (None if dropped else out, tuple(local.items()))
-            if len(self._text_cache) >= _TEXT_CACHE_SIZE:
-                self._text_cache.clear()
-            self._text_cache[text] = hit
-        for kind, n in hit[1]:
+    def _cached(self, text: str, counts: Counter[str]) -> tuple[str, bool]:
+        """`_scan` of a field whose values repeat endlessly (user agents, libraries, event
+        names, project ids). The cache is bounded and lives only in this process's memory, like
+        the events themselves."""
+        hit = self._text_cache.get(text) or self._fill_cache(text)
+        for kind, n in hit[2]:
             counts[kind] += n
-        return hit[0]
+        return hit[0], hit[1]
+
+    def _fill_cache(self, text: str) -> tuple[str, bool, tuple[tuple[str, int], ...]]:
+        local = _counter()
+        out, dropped = self._scan(text, local)
+        hit = (out, dropped, tuple(local.items()))
+        if len(self._text_cache) >= _TEXT_CACHE_SIZE:
+            self._text_cache.clear()
+        self._text_cache[text] = hit
+        return hit
+
+    def _free_text(self, text: str, counts: Counter[str]) -> str | None:
+        """A context field: redacted, None when a drop-policy detector matched."""
+        hit = self._text_cache.get(text) or self._fill_cache(text)
+        for kind, n in hit[2]:
+            counts[kind] += n
+        return None if hit[1] else hit[0]
 
     # --- events ------------------------------------------------------------------------------
 
@@ -152,11 +213,18 @@ class Redactor:
         out = event.copy()
         props = event["properties"]
         user_id = event["user_id"]
+        name = event["event_name"]
+        project = event["project_id"]
         if self._hash_user_id:
-            blob = "\x00".join([user_id, *props, *props.values()])
+            blob = "\x00".join([name, project, user_id, *props, *props.values()])
         else:
-            blob = "\x00".join([*props, *props.values()])
+            blob = "\x00".join([name, project, *props, *props.values()])
         if features(blob):
+            # Names cannot be dropped: a drop-policy match is masked like any other.
+            if features(name):
+                out["event_name"] = self._cached(name, counts)[0]
+            if features(project):
+                out["project_id"] = self._cached(project, counts)[0]
             if props:
                 redacted = self._properties(props, counts)
                 if redacted is not None:
@@ -192,15 +260,16 @@ class Redactor:
         return out if changed else None
 
     def _user_id(self, user_id: str, counts: Counter[str]) -> str:
-        have = features(user_id)
-        for detector, _policy in self._steps:
-            if have & detector.needs and detector.find(user_id):
-                counts[detector.kind] += 1
-                # The whole id is hashed, not the match: "acct-555-123-4567" and
-                # "555-123-4567" are different users. Only case is folded, for emails.
-                kind = detector.kind
-                return self._hasher.exact(kind, user_id.lower() if kind == "email" else user_id)
-        return user_id
+        local = _counter()
+        self._scan(user_id, local)
+        if not local:
+            return user_id
+        counts[next(iter(local))] += 1
+        # The whole id is hashed, not the match: "acct-555-123-4567" and "555-123-4567" are
+        # different users. Only case is folded, for emails. The kind is the first detector's
+        # that matched, in DETECTORS order, so the same id always gets the same token.
+        kind = next(d.kind for d in DETECTORS if d.kind in local)
+        return self._hasher.exact(kind, user_id.lower() if kind == "email" else user_id)
 
     def _ip(self, ip: str, counts: Counter[str]) -> str | None:
         """The context ip under its policy. Not counted: it applies to every event, while the

@@ -10,17 +10,17 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import random
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agents.pii import KINDS, IpPolicy, RedactionConfig, Redactor
+from agents.pii.detectors import looks_like_version
 from agents.records import CleanEvent
 
 SECRET = b"unit-test-secret"
@@ -102,6 +102,9 @@ POSITIVES = [
     ("mc2 2223003122003222", "mc2 [card]"),
     ("jcb 3530111333300000 diners 30569309025904", "jcb [card] diners [card]"),
     ("card 4111111111111111 2026", "card [card] 2026"),
+    ("41111111 11111111", "[card]"),  # 8-8
+    ("4111.1111.1111.1111", "[card]"),
+    ("4111 1111-1111.1111 ok", "[card] ok"),  # mixed separators
     ("qty 5 4111 1111 1111 1111", "qty 5 [card]"),
     # email
     ("contact John.Doe@Example.com today", "contact [email] today"),
@@ -118,6 +121,13 @@ POSITIVES = [
     ("+44 (0) 20 7946 0958 ext", "[phone] ext"),
     ("0049 30 1234567", "[phone]"),
     ("555.123.4567", "[phone]"),
+    ("030/12345678", "[phone]"),
+    ("1-977-495-3774", "[phone]"),
+    ("68015 52976", "[phone]"),
+    ("call 555-123-4567x123 now", "call [phone] now"),
+    ("+49(0)30 12345678", "[phone]"),
+    ("06.12.34.56.78", "[phone]"),
+    ("8 (495) 123-45-67", "[phone]"),
     ("030 1234567 2026", "[phone] 2026"),
     # iban
     ("iban DE89 3704 0044 0532 0130 00.", "iban [iban]."),
@@ -128,6 +138,10 @@ POSITIVES = [
     # ssn
     ("SSN: 123-45-6789.", "SSN: [ssn]."),
     ("ssn=078-05-1120&x", "ssn=[ssn]&x"),
+    ("ssn 078 05 1120", "ssn [ssn]"),
+    ('{"ssn":"078051120"}', '{"ssn":"[ssn]"}'),
+    ("iban DE89-3704-0044-0532-0130-00", "iban [iban]"),
+    ("de89.3704.0044.0532.013000", "[iban]"),
     # ip
     ("from 203.0.113.7:443", "from [ip]:443"),
     ("http://192.168.0.1/admin", "http://[ip]/admin"),
@@ -152,7 +166,8 @@ NEGATIVES = [
     "1796116500000",  # epoch millis (Luhn-valid or not: prefix 1)
     "1796116500000123",  # epoch micros
     "ORD4111111111111111",
-    "41111111 11111111",
+    "EAN 4006381333931",  # Luhn-valid, a valid EAN-13, and named a barcode
+    "5901234123457",  # EAN-13 starting 5: no 13-digit card brand but Visa
     "9400111899223100000000",  # USPS tracking
     # emails
     "logo@2x.png",
@@ -178,9 +193,14 @@ NEGATIVES = [
     "900-12-3456",
     "123-00-4567",
     "123-45-0000",
-    "123456789",
+    "#123456789",  # an order number
+    "1234567.89",
     # ips
     "v1.2.3.4",
+    "1.2.3.4",  # every part a single digit: a version
+    "version 10.0.0.1",
+    "10.0.12.1-beta",
+    "2.14.0.3",
     "1.2.3.4.5",
     "Chrome/120.0.0.0",
     "00:1a:2b:3c:4d:5e",
@@ -374,7 +394,7 @@ def cards(draw: st.DrawFn) -> str:
                 ("62", (16, 17, 18, 19)),  # UnionPay
                 ("35", (16,)),  # JCB 3528-3589
                 ("36", (14,)),  # Diners
-                ("67", (13, 16, 19)),  # Maestro
+                ("67", (16, 19)),  # Maestro (13-digit numbers are taken as EAN-13 barcodes)
             ]
         )
     )
@@ -484,8 +504,10 @@ def ssns(draw: st.DrawFn) -> str:
 @st.composite
 def ips(draw: st.DrawFn) -> str:
     kind = draw(st.sampled_from(["v4", "v6", "v6-short", "v6-mapped", "v6-full"]))
-    if kind == "v4":
-        return ".".join(str(draw(st.integers(0, 255))) for _ in range(4))
+    if kind == "v4":  # not shaped like a version ("1.2.3.4", "2.14.0.3"): those are left alone
+        address = ".".join(str(draw(st.integers(0, 255))) for _ in range(4))
+        assume(not looks_like_version(address))
+        return address
     if kind == "v6":
         return str(ipaddress.IPv6Address(draw(st.integers(1, 2**128 - 1))))
     if kind == "v6-short":
@@ -621,149 +643,4 @@ def test_generated_case_count_reaches_ten_thousand() -> None:
     assert CASES["pii items"] >= 10_000
 
 
-# --- look-alike corpus -------------------------------------------------------------------------
-
-
-class LookAlikes:
-    """Values that resemble PII and are not: what analytics properties are full of."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-
-    def n(self, lo: int, hi: int) -> int:
-        return self.rng.randint(lo, hi)
-
-    def d(self, k: int) -> str:
-        return "".join(self.rng.choice(DIGITS) for _ in range(k))
-
-    def hx(self, k: int) -> str:
-        return "".join(self.rng.choice("0123456789abcdef") for _ in range(k))
-
-    def one_of(self, *makers: Callable[[], str]) -> str:
-        return self.rng.choice(makers)()
-
-    def order_id(self) -> str:
-        d = self.d
-        return self.one_of(
-            lambda: f"ORD-{self.n(2019, 2027)}-{d(6)}", lambda: f"#{d(6)}", lambda: f"PO{d(8)}",
-            lambda: f"INV-{d(4)}-{d(4)}", lambda: f"order_{d(10)}",
-        )
-
-    def iso_timestamp(self) -> str:
-        day = f"2026-{self.n(1, 12):02d}-{self.n(1, 28):02d}"
-        hms = f"{self.n(0, 23):02d}:{self.n(0, 59):02d}:{self.n(0, 59):02d}"
-        return self.one_of(
-            lambda: f"{day}T{hms}.{self.d(3)}Z",
-            lambda: f"{day} {hms}",
-            lambda: f"{day}T{hms}+01:00",
-        )
-
-    def epoch(self) -> str:
-        ms = self.n(1_500_000_000_000, 1_900_000_000_000)
-        return str(self.rng.choice([ms, ms // 1000, ms * 1000]))
-
-    def version(self) -> str:
-        n = self.n
-        return self.one_of(
-            lambda: f"{n(0, 20)}.{n(0, 20)}.{n(0, 99)}",
-            lambda: f"v{n(1, 12)}.0.{n(10000, 22631)}.{n(1, 3000)}",
-            lambda: f"{n(1, 9)}.{n(0, 9)}.{n(0, 9)}-beta.{n(1, 9)}",
-            lambda: f"Chrome/{n(90, 130)}.0.{n(1000, 6999)}.{n(10, 250)}",
-        )
-
-    def uuid(self) -> str:
-        hx = self.hx
-        return f"{hx(8)}-{hx(4)}-4{hx(3)}-{self.rng.choice('89ab')}{hx(3)}-{hx(12)}"
-
-    def sku(self) -> str:
-        d = self.d
-        return self.one_of(
-            lambda: f"SKU-{d(5)}-{self.rng.choice(['BLK', 'WHT', 'RED'])}",
-            lambda: f"{d(3)}-{d(4)}-{d(2)}", lambda: f"AB{d(6)}", lambda: f"EAN {d(13)}",
-        )
-
-    def price(self) -> str:
-        n, d = self.n, self.d
-        return self.one_of(
-            lambda: f"{n(0, 99999)}.{d(2)}", lambda: f"{n(1, 9)},{d(3)}.{d(2)}",
-            lambda: f"EUR {n(1, 9999)}", lambda: f"{n(1, 999)}.0",
-        )
-
-    def hex_color(self) -> str:
-        n = self.n
-        return self.one_of(
-            lambda: f"#{self.hx(6)}", lambda: f"#{self.hx(3)}",
-            lambda: f"rgba({n(0, 255)},{n(0, 255)},{n(0, 255)},0.5)",
-        )
-
-    def short_number(self) -> str:
-        return str(self.n(0, 10 ** self.n(1, 7)))
-
-    def date(self) -> str:
-        day, month, year = self.n(1, 28), self.n(1, 12), self.n(1990, 2030)
-        return self.rng.choice([
-            f"{day:02d}/{month:02d}/{year}", f"{day:02d}.{month:02d}.{year}",
-            f"{year}-{month:02d}-{day:02d}", f"{year}{month:02d}{day:02d}",
-        ])
-
-    def semver_range(self) -> str:
-        n = self.n
-        return self.one_of(
-            lambda: f"^{n(0, 9)}.{n(0, 20)}.{n(0, 20)}",
-            lambda: f">={n(0, 9)}.{n(0, 9)} <{n(10, 20)}.0",
-            lambda: f"@scope/pkg@{n(0, 9)}.{n(0, 9)}.{n(0, 9)}",
-        )
-
-    def git_sha(self) -> str:
-        return self.hx(self.rng.choice([40, 12, 7]))
-
-    def tracking_number(self) -> str:
-        d = self.d
-        return self.one_of(
-            lambda: f"1Z{d(3)}AA{d(11)}",  # UPS
-            lambda: d(12),  # FedEx Express
-            lambda: f"{d(4)} {d(4)} {d(4)}",  # FedEx, printed
-            lambda: f"94{d(20)}",  # USPS
-            lambda: f"9400 {d(4)} {d(4)} {d(4)} {d(4)} {d(2)}",  # USPS, printed
-            lambda: f"JD{d(18)}",  # DHL
-            lambda: f"LX{d(9)}DE",  # UPU
-        )
-
-    def misc(self) -> str:
-        n = self.n
-        return self.one_of(
-            lambda: f"logo@{n(2, 3)}x.png",
-            lambda: f"{n(0, 23):02d}:{n(0, 59):02d}:{n(0, 59):02d}",
-            lambda: f"{self.rng.uniform(-90, 90):.4f},{self.rng.uniform(-180, 180):.4f}",
-            lambda: f"PT{n(1, 59)}M", lambda: f"/api/v{n(1, 3)}/items/{self.d(6)}",
-            lambda: f"{n(1, 9999)} KB", lambda: f"Build {n(1000, 99999)}",
-            lambda: f"page {n(1, 500)} of {n(500, 900)}",
-        )
-
-    def corpus(self, per_kind: int) -> dict[str, list[str]]:
-        kinds: list[Callable[[], str]] = [
-            self.order_id, self.iso_timestamp, self.epoch, self.version, self.uuid, self.sku,
-            self.price, self.hex_color, self.short_number, self.date, self.semver_range,
-            self.git_sha, self.tracking_number, self.misc,
-        ]
-        return {k.__name__: [k() for _ in range(per_kind)] for k in kinds}
-
-
-def test_false_positive_rate_on_look_alikes_is_below_one_percent() -> None:
-    """Every altered look-alike is a value lost for analysis. These are the hardest shapes
-    (number-like, 13+ digit runs, dates, versions); real property values are mostly words and
-    paths, so < 1% here bounds the damage on real traffic well below that. The figure printed
-    per kind shows where the residue is (grouped FedEx numbers starting with 0 look exactly like
-    national phone numbers; Luhn-valid grouped runs inside printed USPS numbers look like cards).
-    """
-    corpus = LookAlikes(seed=7).corpus(per_kind=200)
-    altered_total = total = 0
-    print("\nlook-alike corpus: altered / items")
-    for kind, items in corpus.items():
-        altered = [x for x in items if MASK_ALL.redact_text(x)[0] != x]
-        altered_total += len(altered)
-        total += len(items)
-        print(f"  {kind:<16}{len(altered):>4} / {len(items)}  {', '.join(altered[:2])}")
-    rate = altered_total / total
-    print(f"  false-positive rate: {altered_total} / {total} = {rate:.2%}")
-    assert rate < 0.01
+# The look-alike corpus and the false-positive rate: tests/unit/test_pii_corpus.py.
