@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from agents.pii import KINDS, IpPolicy, RedactionConfig, Redactor
 from agents.pii.detectors import looks_like_version
 from agents.records import CleanEvent
+from tests.unit.pii_corpus import luhn_complete, luhn_valid
 
 SECRET = b"unit-test-secret"
 DEFAULT = Redactor(RedactionConfig(secret=SECRET))
@@ -54,21 +55,6 @@ def event(properties: dict[str, str] | None = None, **fields: object) -> CleanEv
     )
     ev.update(fields)  # type: ignore[typeddict-item]
     return ev
-
-
-def luhn_complete(body: str) -> str:
-    """*body* with the Luhn check digit appended (written here from the definition)."""
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch)
-        if i % 2 == 0:  # these positions are doubled once the check digit is appended
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return body + str((10 - total % 10) % 10)
-
-
-def luhn_valid(number: str) -> bool:
-    return luhn_complete(number[:-1]) == number
 
 
 def iban(country: str, bban: str) -> str:
