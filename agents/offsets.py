@@ -33,8 +33,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from agents.ledger import Admission, OffsetLedger, Receipt
-from app.exceptions import ServiceUnavailable
-from app.retry import Backoff, retry_forever
+from core.exceptions import ServiceUnavailable
+from core.retry import Backoff, retry_forever
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 
 from agents import dlq, oversize
 from agents.records import Invalid, SourceMeta
-from app.exceptions import ServiceUnavailable
+from core.exceptions import ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -22,7 +22,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 
 from agents.records import CleanEvent
-from app.exceptions import ServiceUnavailable
+from core.exceptions import ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 

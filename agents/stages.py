@@ -12,8 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from app.exceptions import ServiceUnavailable
-from app.retry import retry_forever
+from core.exceptions import ServiceUnavailable
+from core.retry import retry_forever
 
 T = TypeVar("T")
 

@@ -32,10 +32,10 @@ from agents.offsets import OffsetKeeper, bytes_topic
 from agents.pii import Redactor
 from agents.produce import produce_all
 from agents.records import CleanEvent, Invalid, SourceMeta
+from agents.schema_registry import SchemaCache
 from agents.sink import RowsWriter, encode_blocks
 from agents.stages import StageWatch
 from agents.validate import Validator
-from app.schema_registry import SchemaCache
 from tables.dedup import event_partition
 
 log = structlog.get_logger(__name__)

@@ -31,16 +31,16 @@ from clickhouse_connect.driver.client import Client
 
 import schemas
 from agents.codec import BatchWriter
+from agents.schema_registry import register
 from agents.validate import Validator
 from app import clickhouse
 from app.collector.normalize import BadEvent, parse_body, to_event, to_events
 from app.collector.producer import BatchingProducer
-from app.exceptions import RearviewError, ServiceUnavailable
 from app.live import live, live_rollup
 from app.metrics import CONTENT_TYPE, Metric, render
 from app.query import BadQuery, CountRequest, count_events, parse_time
-from app.schema_registry import register
 from app.settings import Settings
+from core.exceptions import RearviewError, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from app.exceptions import RearviewError
 from app.settings import Settings
+from core.exceptions import RearviewError
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -93,7 +93,7 @@ def schemas() -> None:
 
 
 def _schema_files(files: tuple[Path, ...]) -> list[Any]:
-    from app.schema_registry import SchemaFile
+    from agents.schema_registry import SchemaFile
 
     return [SchemaFile.load(f) for f in files] if files else SchemaFile.bundled()
 
@@ -104,7 +104,7 @@ def _schema_files(files: tuple[Path, ...]) -> list[Any]:
 @click.pass_context
 def schemas_register(ctx: click.Context, files: tuple[Path, ...], topic: str | None) -> None:
     """Register schemas (idempotent); refuse an incompatible change with the registry's reason."""
-    from app.schema_registry import register_file
+    from agents.schema_registry import register_file
 
     s = _settings(ctx)
     for schema in _schema_files(files):
@@ -118,7 +118,7 @@ def schemas_register(ctx: click.Context, files: tuple[Path, ...], topic: str | N
 @click.pass_context
 def schemas_check(ctx: click.Context, files: tuple[Path, ...], topic: str | None) -> None:
     """Dry run: would these schemas be accepted? Exit 1 naming each incompatibility."""
-    from app.schema_registry import check_file
+    from agents.schema_registry import check_file
 
     s = _settings(ctx)
     failed = False
@@ -393,8 +393,8 @@ def generate(ctx: click.Context, count: int, rate: float, users: int, seed: int 
     from rich.progress import Progress
 
     import schemas
+    from agents.schema_registry import register
     from app.generate import EventGenerator, send_http, send_kafka
-    from app.schema_registry import register
 
     s = _settings(ctx)
     events = EventGenerator(users, seed).events()

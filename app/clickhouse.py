@@ -7,8 +7,8 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from app.exceptions import ConfigurationError
 from app.settings import ClickHouseSettings
+from core.exceptions import ConfigurationError
 
 
 def connect(settings: ClickHouseSettings, database: str | None = None, **kwargs: object) -> Client:

@@ -11,16 +11,16 @@ A redriven letter that fails again becomes a new letter with attempt + 1.
 Redrive runs at thousands of letters a second (bench/redrive.py): the letters are read in one
 sequential pass per partition, produced without waiting for each other, and recorded with one
 insert per chunk. It needs nothing of the worker's cache: the worker re-reads a reader schema
-before failing a message on it (app/schema_registry.py), so a fix registered a second before
+before failing a message on it (agents/schema_registry.py), so a fix registered a second before
 the redrive applies. A letter too large for the DLQ topic was written in parts (see
 agents/oversize.py); only its head is listed, and redrive joins it whole again.
 """
 
 from __future__ import annotations
 
-import uuid
 import contextlib
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from agents import dlq, oversize
-from app.exceptions import RearviewError, ServiceUnavailable
+from core.exceptions import RearviewError, ServiceUnavailable
 
 # What redrive's producer accepts on its side: a letter may be as large as the raw topic
 # accepted, which is the broker's to say. A letter it refuses is reported, not retried.

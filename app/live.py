@@ -14,13 +14,12 @@ the insert: about 1-2 s behind the collector.
 from __future__ import annotations
 
 import base64
-
 from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from app.exceptions import ConfigurationError
+from core.exceptions import ConfigurationError
 from tables import hll
 from tables.rollup_tables import table_name
 from tables.rollups import RollupSpec

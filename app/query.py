@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from clickhouse_connect.driver.client import Client
 
-from app.exceptions import RearviewError
+from core.exceptions import RearviewError
 
 
 class BadQuery(RearviewError):

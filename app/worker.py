@@ -21,6 +21,7 @@ from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
 from agents.produce import produce_all
 from agents.records import Invalid
 from agents.rollup import RollupWriter
+from agents.schema_registry import SchemaCache
 from agents.sink import ClickHouseCalls, EventsWriter, RowsWriter
 from agents.stages import StageWatch
 from agents.store import FirstCopies, StoreDeps
@@ -30,7 +31,6 @@ from agents.worker import WorkerDeps, dead_letter_records, install, readers
 from app import clickhouse
 from app.faust_app import create_app
 from app.metrics import CONTENT_TYPE, Metric, render
-from app.schema_registry import SchemaCache
 from app.settings import Settings
 from tables.aggregate import Aggregator
 from tables.dedup import Deduper

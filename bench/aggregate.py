@@ -64,10 +64,10 @@ sys.path.insert(0, str(ROOT))
 import pyarrow as pa  # noqa: E402
 
 from agents.records import CleanEvent  # noqa: E402
-from app.embedded.broker import TopicSpec, ensure_topics  # noqa: E402
-from app.embedded.process import ChildProcess, free_port, python_module, tcp_ready  # noqa: E402
 from agents.sink import decode_block, encode_blocks, to_arrow  # noqa: E402
 from app.collector.normalize import to_event  # noqa: E402
+from app.embedded.broker import TopicSpec, ensure_topics  # noqa: E402
+from app.embedded.process import ChildProcess, free_port, python_module, tcp_ready  # noqa: E402
 from app.generate import EventGenerator  # noqa: E402
 from tables import hll  # noqa: E402
 from tables.aggregate import Aggregator  # noqa: E402

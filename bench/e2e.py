@@ -34,13 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 import schemas  # noqa: E402
 from agents.codec import frame  # noqa: E402
+from agents.schema_registry import register  # noqa: E402
 from app import clickhouse  # noqa: E402
 from app.collector.normalize import to_event  # noqa: E402
 from app.generate import EventGenerator, send_kafka  # noqa: E402
-from app.schema_registry import register  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.up import Stack  # noqa: E402
-
 
 FRESHNESS_LIBRARY = "bench-freshness"
 

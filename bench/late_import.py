@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 import schemas  # noqa: E402
 from agents.codec import BatchWriter  # noqa: E402
+from agents.schema_registry import register  # noqa: E402
 from app import clickhouse  # noqa: E402
 from app.collector.normalize import to_event  # noqa: E402
 from app.generate import EventGenerator  # noqa: E402
-from app.schema_registry import register  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.up import Stack  # noqa: E402
 from bench.e2e import cpu_seconds  # noqa: E402

@@ -40,8 +40,8 @@ from app import clickhouse  # noqa: E402
 from app.dlq import Filters, pending, redrive  # noqa: E402
 from app.embedded.broker import TopicSpec, ensure_topics  # noqa: E402
 from app.embedded.process import ChildProcess, free_port, http_ready, python_module, tcp_ready  # noqa: E402
-from app.exceptions import ServiceUnavailable  # noqa: E402
 from app.settings import Settings, to_env  # noqa: E402
+from core.exceptions import ServiceUnavailable  # noqa: E402
 from tables.migrate import migrate  # noqa: E402
 
 HOST = "127.0.0.1"

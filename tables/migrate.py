@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from app.exceptions import RearviewError
+from core.exceptions import RearviewError
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from app.exceptions import RearviewError
+from core.exceptions import RearviewError
 from tables import hll
 from tables.rollups import RollupSpec
 from tables.state import PartialState, StateKey

@@ -36,7 +36,7 @@ import orjson
 
 from agents.properties import canonical
 from agents.records import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
-from app.exceptions import RearviewError
+from core.exceptions import RearviewError
 
 
 class BadEvent(RearviewError):

@@ -21,7 +21,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from agents.codec import BatchWriter
-from app.exceptions import ServiceUnavailable
+from core.exceptions import ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 

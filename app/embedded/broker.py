@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from app.exceptions import ConfigurationError, RearviewError
 from app.settings import KafkaSettings
+from core.exceptions import ConfigurationError, RearviewError
 
 log = structlog.get_logger(__name__)
 

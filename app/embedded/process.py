@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from app.exceptions import RearviewError
+from core.exceptions import RearviewError
 
 
 class ServiceStartError(RearviewError):

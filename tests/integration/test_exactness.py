@@ -19,9 +19,9 @@ from confluent_kafka import Producer
 
 import schemas
 from agents.codec import BatchWriter
+from agents.schema_registry import register
 from app.collector.normalize import to_event
 from app.generate import EventGenerator
-from app.schema_registry import register
 from app.verify import RollupReport, verify
 from tests.integration.conftest import Pipeline, wait_for
 

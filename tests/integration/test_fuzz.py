@@ -35,9 +35,9 @@ import schemas
 from agents import dlq
 from agents.codec import BatchWriter, frame
 from agents.records import MAX_TIMESTAMP_MS
+from agents.schema_registry import register
 from app.embedded.broker import ensure_topics, pipeline_topics
 from app.embedded.process import ChildProcess
-from app.schema_registry import register
 from app.settings import ApiSettings
 from app.verify import verify
 from tests.integration.conftest import Pipeline, Services, wait_for

@@ -14,9 +14,15 @@ import httpx
 import pytest
 
 import schemas
-from app.schema_registry import register
+from agents.schema_registry import register
 from tests.integration.conftest import Pipeline, wait_for
-from tests.integration.test_outages import _fast_retries, _own_service, _restart, _send_batches, _single_events
+from tests.integration.test_outages import (
+    _fast_retries,
+    _own_service,
+    _restart,
+    _send_batches,
+    _single_events,
+)
 
 pytestmark = pytest.mark.integration
 

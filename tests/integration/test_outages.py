@@ -23,10 +23,10 @@ import pytest
 import schemas
 from agents import dlq
 from agents.codec import frame
+from agents.schema_registry import register
 from app import clickhouse
 from app.embedded.process import ChildProcess, free_port, http_ready, python_module
 from app.generate import EventGenerator, send_kafka
-from app.schema_registry import register
 from app.verify import verify
 from tables.migrate import migrate
 from tables.rollup_tables import ensure_tables

@@ -30,9 +30,9 @@ from confluent_kafka.admin import AdminClient
 import schemas
 from agents.codec import BatchWriter, writer_schema
 from agents.records import SourceMeta
+from agents.schema_registry import register
 from agents.sink import decode_block
 from agents.validate import Validator
-from app.schema_registry import register
 from tests.integration.conftest import Pipeline, wait_for
 from tests.unit.pii_corpus import ENCODINGS, Haystack, PiiMaker, Planted, embed, encode
 

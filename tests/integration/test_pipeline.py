@@ -18,8 +18,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 import schemas
 from agents import dlq
 from agents.codec import BatchWriter, frame
+from agents.schema_registry import register
 from app.generate import EventGenerator, send_kafka
-from app.schema_registry import register
 from tests.integration.conftest import Pipeline, wait_for
 
 pytestmark = pytest.mark.integration

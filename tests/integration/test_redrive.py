@@ -23,7 +23,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 import schemas
 from agents import dlq
 from app.dlq import Filters, LetterMissing, pending, read_letters, redrive
-from app.exceptions import ServiceUnavailable
+from core.exceptions import ServiceUnavailable
 from tests.integration.conftest import Pipeline, wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 import schemas
+from agents.schema_registry import register
 from app.generate import EventGenerator, send_kafka
-from app.schema_registry import register
 from app.verify import RollupReport, verify
 from tests.integration.conftest import Pipeline, wait_for
 

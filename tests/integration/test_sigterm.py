@@ -17,10 +17,10 @@ import time
 import pytest
 
 import schemas
+from agents.schema_registry import register
 from app import clickhouse
 from app.embedded.broker import ensure_topics, pipeline_topics
 from app.embedded.process import ChildProcess, free_port, python_module, tcp_ready
-from app.schema_registry import register
 from tables.migrate import migrate
 from tables.rollup_tables import ensure_tables
 from tests.integration.conftest import HOST, Pipeline, wait_for

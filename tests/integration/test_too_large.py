@@ -17,8 +17,8 @@ import pytest
 import schemas
 from agents import dlq, oversize
 from agents.codec import BatchWriter
+from agents.schema_registry import register
 from app.faust_app import MAX_MESSAGE_BYTES
-from app.schema_registry import register
 from tests.integration.conftest import Pipeline, wait_for
 from tests.integration.test_fuzz import avro_event, now_ms
 

@@ -19,11 +19,11 @@ from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
 from agents import dlq, oversize
+from agents.produce import produce_all as _produce_all
 from agents.records import CleanEvent, Invalid, SourceMeta
 from agents.sink import decode_block, encode_blocks
-from agents.produce import produce_all as _produce_all
 from app.dlq import Letter
-from app.exceptions import ServiceUnavailable
+from core.exceptions import ServiceUnavailable
 
 CLEAN, DLQ = "events.clean", "events.dlq"
 

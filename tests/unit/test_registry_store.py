@@ -508,7 +508,7 @@ def test_a_corrupt_state_file_is_reported_and_left_alone(tmp_path: Path) -> None
 
 
 def test_registry_errors_are_rearview_errors() -> None:
-    from app.exceptions import RearviewError
+    from core.exceptions import RearviewError
 
     assert issubclass(RegistryError, RearviewError)
     assert issubclass(DataDirLocked, RearviewError)

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import schemas
-from app.schema_registry import SchemaCache
+from agents.schema_registry import SchemaCache
 
 TOPIC = "events.raw"
 NAME = "com.shop.Purchase"

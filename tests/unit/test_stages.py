@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.stages import StageWatch
-from app.exceptions import ServiceUnavailable
+from core.exceptions import ServiceUnavailable
 
 
 class Clock:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.exceptions import RearviewError
+from core.exceptions import RearviewError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from app.exceptions import RearviewError
+from core.exceptions import RearviewError
 
 # ClickHouse error codes the endpoint raises itself (values from the engine's system.errors).
 NOT_IMPLEMENTED: Final = 48

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from app.embedded.registry.server import serve
-from app.exceptions import RearviewError
+from core.exceptions import RearviewError
 
 
 def main(argv: list[str] | None = None) -> int:

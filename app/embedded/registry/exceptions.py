@@ -8,7 +8,7 @@ Confluent Schema Registry would answer.
 
 from __future__ import annotations
 
-from app.exceptions import RearviewError
+from core.exceptions import RearviewError
 
 
 class RegistryError(RearviewError):

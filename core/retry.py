@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import structlog
 
-from app.exceptions import ServiceUnavailable
+from core.exceptions import ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

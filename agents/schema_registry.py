@@ -26,8 +26,8 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 import schemas
 from agents.codec import WriterSchema, with_reader, writer_schema
-from app.exceptions import RearviewError, ServiceUnavailable
-from app.retry import Backoff
+from core.exceptions import RearviewError, ServiceUnavailable
+from core.retry import Backoff
 
 log = structlog.get_logger(__name__)
 
