@@ -38,6 +38,7 @@ from typing import Any
 import faust
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from agents.ledger import Receipt
@@ -145,12 +146,18 @@ class StoreDeps:
     clock: Callable[[], float] = time.time
 
 
+_CANONICAL_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
 def implausible_rows(block: pa.Table) -> np.ndarray:
-    """Rows whose times no column can hold (only a producer writing events.clean itself can
-    make them: the validate stage refuses such events)."""
+    """Rows the validate stage never writes: an event_id that is not a canonical UUID, or a
+    time no column can hold. Only a producer writing events.clean itself can make them."""
     ts = int64(block.column("ts"), "ts")
     received = int64(block.column("received_at"), "received_at")
-    return (ts < MIN_TIME_MS) | (ts >= MAX_TIME_MS) | (received < MIN_TIME_MS) | (received >= MAX_TIME_MS)
+    ids = pc.match_substring_regex(block.column("event_id"), _CANONICAL_UUID).fill_null(False)
+    bad_id = ~np.asarray(ids.to_numpy(zero_copy_only=False), dtype=bool)
+    return (bad_id | (ts < MIN_TIME_MS) | (ts >= MAX_TIME_MS) | (received < MIN_TIME_MS)
+            | (received >= MAX_TIME_MS))
 
 
 def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
@@ -213,9 +220,9 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
                 bad.append(Invalid("sink", "BadCleanBlock", str(exc), meta, msg.value or b"", msg.key))
                 continue
             if wrong.any():
-                bad.append(Invalid("sink", "TimeOutOfRange",
-                                   f"{int(wrong.sum())} rows with a time outside 1970..2106",
-                                   meta, msg.value or b"", msg.key))
+                bad.append(Invalid("sink", "ImplausibleRows",
+                                   f"{int(wrong.sum())} rows with an event_id that is not a canonical"
+                                   " UUID or a time outside 1970..2106", meta, msg.value or b"", msg.key))
                 continue
             n = block.num_rows
             id_strings = block.column("event_id").to_pylist()

@@ -104,7 +104,7 @@ def main() -> None:
             total = 0
             for run in range(args.runs):
                 for mode in ("in order", "all late"):
-                    events = dataset(args.events, seed=100 * run + len(mode), late=mode == "all late",
+                    events = dataset(args.events, seed=100 * run + (mode == "all late"), late=mode == "all late",
                                      hours=args.hours)
                     cpu0, t0 = cpu_seconds(worker.pid), time.monotonic()
                     send(s.kafka.bootstrap_servers, s.kafka.topics.raw, writer, events)

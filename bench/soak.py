@@ -4,7 +4,8 @@
 
 Starts the whole embedded stack (as `rearview up` does, free ports, a temporary data dir),
 sends generated events to the collector at --rate events/s for --minutes, and every --every
-seconds prints the resident memory of each process, the events stored, the worker's rollup
+seconds prints the resident memory of each process (with its children: the broker's is
+Tansu's), the events stored, the worker's rollup
 states in memory and its dedup state (ids remembered, bytes). Bounded state shows as a flat
 worker RSS once warmed up: the dedup state fills for one horizon (24 bytes an id), closed
 windows leave memory after their allowed lateness. The embedded broker keeps every message
@@ -36,11 +37,31 @@ from app.settings import Settings  # noqa: E402
 from app.up import Stack  # noqa: E402
 
 
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """RSS of *pid* and its descendants (the embedded broker is a wrapper around Tansu)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += _rss_kb(p)
+        todo.extend(children.get(p, []))
+    return total / 1024
 
 
 def main() -> None:
@@ -91,7 +112,7 @@ def main() -> None:
                 t = time.monotonic() - start
                 health = httpx.get(worker_url, timeout=10).json()
                 stored = ch.query("SELECT count() FROM events").result_rows[0][0]
-                rss = {n: rss_mb(p) for n, p in pids.items() if p is not None and os.path.exists(f"/proc/{p}")}
+                rss = {n: rss_mb(p) for n, p in pids.items() if os.path.exists(f"/proc/{p}")}
                 series.append((t, rss.get("worker", 0.0)))
                 print(f"{t:>7.0f} {stored:>10,} " + " ".join(f"{rss.get(n, 0):>10.0f}" for n in names)
                       + f" {health.get('rollups', {}).get('states_in_memory', 0):>8,}"
