@@ -338,8 +338,15 @@ def encoded_forms(value: str) -> set[str]:
     return {f for f in forms if f != value}
 
 
+# What may stand between the digits of one written number: "017-96-1012", "(030) 123 45".
+_NUMBER_SEPARATORS = frozenset(" -./()+_\t\u00a0")
+
+
 def _digits(text: str) -> str:
-    return "".join(c for c in text if c.isdigit())
+    """The digits of *text*, each written number's digits contiguous; anything that cannot be
+    part of a written number (a quote, a colon, a letter) breaks the run with "|", so that the
+    digits of neighbouring JSON fields (a timestamp after an id) never read as one number."""
+    return "".join(c if c.isdigit() else "" if c in _NUMBER_SEPARATORS else "|" for c in text)
 
 
 class _Joined:
@@ -388,7 +395,8 @@ class Haystack:
             return self._texts[i]
         if planted.kind in ("card", "phone", "ssn", "iban"):
             run = _digits(secret)
-            # The value's digits, contiguous in a text's digits: only a survivor can put 9+ there.
+            # The value's digits, contiguous in one written number of a text: only a survivor
+            # can put 9+ there.
             if len(run) >= 9 and (i := digits.find(run)) is not None:
                 return self._texts[i]
         return None

@@ -217,3 +217,12 @@ def test_no_planted_value_survives_in_an_undecodable_preview(seed: int, cut: flo
         broken = b"\x01" + broken[1:]
     preview = letter_preview(broken, {}, {}.get, REDACTOR)
     assert not [p.value for p in planted if leaked(p, preview)]
+
+
+def test_the_leak_check_reads_a_written_number_but_not_neighbouring_json_fields() -> None:
+    from tests.unit.pii_corpus import Planted
+
+    ssn = Planted("ssn", "ssn/bare", "017961012", "017961012")
+    assert leaked(ssn, "note: 017-96-1012 (call back)")
+    assert leaked(ssn, "id 0179 61012")
+    assert not leaked(ssn, '{"n": 0,"timestamp":1796101265884}'), "a 0 and a timestamp are two numbers"
