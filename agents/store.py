@@ -40,12 +40,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
+from clickhouse_connect.driver.client import Client
 
 from agents.ledger import Receipt
 from agents.offsets import OffsetKeeper, bytes_topic
 from agents.records import Invalid, SourceMeta
 from agents.rollup import RollupWriter
-from agents.sink import BlockWriter, decode_block
+from agents.sink import BlockWriter, ClickHouseCalls, decode_block
 from agents.stages import StageWatch
 from tables.aggregate import Aggregator, MissingStates
 from tables.columns import int64
@@ -76,7 +77,7 @@ class StoreCounters:
 class FirstCopies:
     """Reads back the first copies stored in the events table, to rebuild the dedup state."""
 
-    def __init__(self, calls: Any, partitions: int, horizon_s: int, table: str = "events") -> None:
+    def __init__(self, calls: ClickHouseCalls, partitions: int, horizon_s: int, table: str = "events") -> None:
         self._calls = calls
         self._partitions = partitions
         self._horizon_s = horizon_s
@@ -87,7 +88,7 @@ class FirstCopies:
         horizon (found through the ``_inserted_at`` minmax index)."""
         out: list[pa.Table] = []
 
-        def query(client: Any) -> None:
+        def query(client: Client) -> None:
             out.append(client.query_arrow(
                 f"SELECT toString(event_id) AS id, _clean_offset, _clean_index FROM `{self._table}`"
                 " WHERE _inserted_at >= now64(3) - toIntervalSecond({h:UInt32})"
@@ -107,7 +108,7 @@ class FirstCopies:
         index and the day partitions keep the read small)."""
         out: list[Any] = []
 
-        def query(client: Any) -> None:
+        def query(client: Client) -> None:
             out.extend(client.query(
                 f"SELECT toString(event_id), _clean_offset, _clean_index FROM `{self._table}`"
                 " WHERE ts >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
@@ -177,8 +178,9 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
         ids, positions = await retry("dedup_restore", lambda: deps.first_copies.read(partition))
         dedup.restore(partition, ids, positions, int(deps.clock() * 1000))
         loaded = 0
-        if agg is not None and deps.rollups is not None:
-            bounds, states = await retry("rollup_restore", lambda: deps.rollups.recent(partition))
+        rollups = deps.rollups
+        if agg is not None and rollups is not None:
+            bounds, states = await retry("rollup_restore", lambda: rollups.recent(partition))
             async with lock:
                 loaded = agg.restore(partition, states, bounds)
         begun.add(partition)
@@ -214,7 +216,7 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
                 await begin(msg.partition)
             meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
             try:
-                block = decode_block(msg.value)
+                block = decode_block(msg.value or b"")
                 wrong = implausible_rows(block)
             except ValueError as exc:
                 bad.append(Invalid("sink", "BadCleanBlock", str(exc), meta, msg.value or b"", msg.key))

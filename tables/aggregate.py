@@ -226,9 +226,9 @@ class Aggregator:
         a prefix of it, located with numpy in the rare groups that have any."""
         spec, order = groups.spec, groups.order
         sums = []
-        for key in spec.sums:
-            micros, errors = cols.numbers[key]
-            sums.append((key, list(accumulate(micros[order].tolist(), initial=0)),
+        for sum_name in spec.sums:
+            micros, errors = cols.numbers[sum_name]
+            sums.append((sum_name, list(accumulate(micros[order].tolist(), initial=0)),
                          list(accumulate(errors[order].tolist(), initial=0))))
         users_g = None
         if spec.uniques and cols.users is not None:
