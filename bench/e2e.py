@@ -83,7 +83,7 @@ def produce_single(settings: Settings, n: int, gen: EventGenerator) -> None:
 
 
 async def freshness(api: str, seconds: float, rate: float, per_request: int) -> dict[str, float]:
-    gen = EventGenerator(users=500, seed=3).events()
+    gen = EventGenerator(users=500, seed=10_000).events()
     sent: dict[str, float] = {}
     interval = per_request / rate
     async with aiohttp.ClientSession() as http:
@@ -125,7 +125,8 @@ def main() -> None:
                 for path, n in (("batch", args.events), ("single", args.single_events)):
                     if n <= 0:
                         continue
-                    gen = EventGenerator(users=5000, seed=run)
+                    # Distinct seeds, so distinct event ids: a repeated id is a duplicate and dropped.
+                    gen = EventGenerator(users=5000, seed=2 * run + (path == "single"))
                     cpu0, t0 = cpu_seconds(worker.pid), time.monotonic()
                     if path == "batch":
                         send_kafka(s.kafka.bootstrap_servers, s.kafka.topics.raw, batch_id,
