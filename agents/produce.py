@@ -1,6 +1,6 @@
 """Producing a batch's records, and waiting until the broker acknowledged every one of them.
 
-The agents' only way to write to Kafka (agents/worker.py `_produce_all`). Records are dicts of
+The agents' only way to write to Kafka (`agents.produce.produce_all`, called by the agents in agents/worker.py). Records are dicts of
 `app.producer.send` arguments (topic, key, value, partition, headers). A failure to reach the
 broker raises ServiceUnavailable and the caller retries the whole batch; a record too large for
 its topic is data and is never retried (agents/oversize.py says what becomes of it).

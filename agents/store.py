@@ -139,7 +139,7 @@ class StoreDeps:
     take_within_s: float
     flush_interval_s: float
     evict_interval_s: float
-    dead_letter: Callable[[list[Invalid]], Awaitable[None]]  # produce, acknowledged
+    dead_letter: Callable[[Sequence[Invalid]], Awaitable[None]]  # produce, acknowledged
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     counters: StoreCounters = field(default_factory=StoreCounters)
@@ -150,10 +150,10 @@ class StoreDeps:
 _CANONICAL_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
-def implausible_rows(block: pa.Table) -> np.ndarray:
+def implausible_rows(block: pa.Table, ts: np.ndarray) -> np.ndarray:
     """Rows the validate stage never writes: an event_id that is not a canonical UUID, or a
-    time no column can hold. Only a producer writing events.clean itself can make them."""
-    ts = int64(block.column("ts"), "ts")
+    time no column can hold (*ts*: the block's ``ts`` as epoch ms). Only a producer writing
+    events.clean itself can make them."""
     received = int64(block.column("received_at"), "received_at")
     ids = pc.match_substring_regex(block.column("event_id"), _CANONICAL_UUID).fill_null(False)
     bad_id = ~np.asarray(ids.to_numpy(zero_copy_only=False), dtype=bool)
@@ -188,7 +188,8 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
                  rollup_states=loaded)
 
     async def apply(block: pa.Table, partition: int, offset: int, kept: np.ndarray) -> None:
-        assert agg is not None and deps.rollups is not None
+        rollups = deps.rollups
+        assert agg is not None and rollups is not None
         while True:
             try:
                 async with lock:
@@ -198,7 +199,7 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
                 return
             except MissingStates as missing:
                 keys = missing.keys
-            found = await retry("rollup_load", lambda: deps.rollups.load(keys))  # type: ignore[union-attr]
+            found = await retry("rollup_load", lambda: rollups.load(keys))
             async with lock:
                 for key in keys:
                     agg.load_stored(key, found.get(key))
@@ -217,7 +218,8 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
             try:
                 block = decode_block(msg.value or b"")
-                wrong = implausible_rows(block)
+                ts = int64(block.column("ts"), "ts")
+                wrong = implausible_rows(block, ts)
             except ValueError as exc:
                 bad.append(Invalid("sink", "BadCleanBlock", str(exc), meta, msg.value or b"", msg.key))
                 continue
@@ -233,7 +235,6 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             keep = verdict.keep.copy()
             # A first copy within the horizon may still copy an event stored before it (a
             # backfill of events also tracked live): look up those older than the horizon.
-            ts = int64(block.column("ts"), "ts")
             old = np.flatnonzero(keep & ~verdict.stored & (ts < now_ms - dedup.horizon_ms))
             if len(old):
                 wanted = [id_strings[i] for i in old.tolist()]
@@ -269,13 +270,14 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             held.append((list(taken), receipt))
 
     async def flush() -> None:
-        assert agg is not None and deps.rollups is not None
+        rollups = deps.rollups
+        assert agg is not None and rollups is not None
         async with lock:
             dirty = agg.dirty()
             n_held = len(held)  # batches applied so far; a failed flush leaves them held
             encoded = [(key, state.to_bytes()) for key, state in dirty.items()]
         if encoded:
-            await retry("rollup_flush", lambda: deps.rollups.write(encoded))  # type: ignore[union-attr]
+            await retry("rollup_flush", lambda: rollups.write(encoded))
         async with lock:
             agg.mark_flushed()
             if time.monotonic() - last_evict[0] >= deps.evict_interval_s:

@@ -87,12 +87,12 @@ async def _retry_forever(what: str, action: Callable[[], Awaitable[Any]], deps: 
     return await deps.stages.retry(what, action, deps.retry_initial_s, deps.retry_max_s)
 
 
-async def _produce_all(
-    app: faust.App, records: list[dict[str, Any]], dlq_topic: str | None = None
-) -> None:
-    """Send records and wait until the broker acknowledged every one of them; a record too
-    large for its topic is split or dead-lettered, never retried (agents/produce.py)."""
-    await produce_all(app, records, dlq_topic)
+async def dead_letter(app: faust.App, deps: WorkerDeps, invalid: Sequence[Invalid]) -> None:
+    """Write *invalid* to the DLQ and return once the broker acknowledged them (retried while
+    it is unreachable; a record too large is split or kept in parts, see agents/produce.py)."""
+    records = dead_letter_records(invalid, deps, int(time.time() * 1000))
+    await _retry_forever("dead_letter", lambda: produce_all(app, records, deps.dlq_topic), deps)
+    deps.counters.dead += len(invalid)
 
 
 def validate_batch(
@@ -176,7 +176,7 @@ def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
                     "registry", lambda: deps.schemas.ensure(_schema_ids([e.message.value for e in events])), deps
                 )
                 records, n_clean, n_dead = validate_batch(events, deps, int(time.time() * 1000))
-                await _retry_forever("produce", lambda: _produce_all(app, records, deps.dlq_topic), deps)
+                await _retry_forever("produce", lambda: produce_all(app, records, deps.dlq_topic), deps)
                 counters.read += len(events)
                 counters.clean += n_clean
                 counters.dead += n_dead

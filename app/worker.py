@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
 import sys
 import threading
-import time
 from typing import Any
 
 import faust
@@ -18,8 +18,6 @@ from agents.ledger import OffsetLedger
 from agents.offsets import OffsetCounters, OffsetKeeper
 from agents.pii import Redactor
 from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
-from agents.produce import produce_all
-from agents.records import Invalid
 from agents.rollup import RollupWriter
 from agents.schema_registry import SchemaCache
 from agents.sink import ClickHouseCalls, EventsWriter, RowsWriter
@@ -27,7 +25,7 @@ from agents.stages import StageWatch
 from agents.store import FirstCopies, StoreDeps
 from agents.store import install as install_store
 from agents.validate import Validator
-from agents.worker import WorkerDeps, dead_letter_records, install, readers
+from agents.worker import WorkerDeps, dead_letter, install, readers
 from app import clickhouse
 from app.faust_app import create_app
 from app.metrics import CONTENT_TYPE, Metric, render
@@ -69,12 +67,6 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
                            retry_initial_s=w.retry_initial_s, retry_max_s=w.retry_max_s)
     install(app, deps, offsets)
 
-    async def dead_letter(invalid: list[Invalid]) -> None:
-        records = dead_letter_records(invalid, deps, int(time.time() * 1000))
-        await stages.retry("dead_letter", lambda: produce_all(app, records, topics.dlq),
-                           w.retry_initial_s, w.retry_max_s)
-        deps.counters.dead += len(invalid)
-
     with_rollups = bool(settings.aggregate.enabled and settings.aggregate.rollups)
     specs = tuple(settings.aggregate.rollups)
     store = StoreDeps(
@@ -88,7 +80,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         take_within_s=w.take_within_s,
         flush_interval_s=settings.aggregate.flush_interval_s,
         evict_interval_s=settings.aggregate.evict_interval_s,
-        dead_letter=dead_letter,
+        dead_letter=functools.partial(dead_letter, app, deps),
         stages=stages,
         retry_initial_s=w.retry_initial_s,
         retry_max_s=w.retry_max_s,

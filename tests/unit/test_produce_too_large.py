@@ -1,6 +1,6 @@
 """A record too large for its topic is split or dead-lettered, never retried as an outage.
 
-`_produce_all` against a fake Faust producer with the two limits a real one has: its own
+`produce_all` against a fake Faust producer with the two limits a real one has: its own
 `max_request_size` (refused when sending, as aiokafka does, wrapped by Faust) and the broker's
 per-topic limit (the delivery fails with MessageSizeTooLargeError).
 """
