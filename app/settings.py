@@ -159,6 +159,19 @@ class AggregateSettings(BaseModel):
     rollups: list[RollupSpec] = list(DEFAULT_ROLLUPS)
 
 
+class QuerySettings(BaseModel):
+    """The query API (`POST /v1/query`, discovery, `rearview query`); see docs/query.md."""
+
+    # IANA timezone of buckets and dates when a request names none.
+    timezone: str = "UTC"
+    date_range: str = "7d"
+    # ClickHouse stops a query past these: 504 (time) or 422 (memory), never a hung request.
+    max_execution_time_s: float = Field(default=30.0, gt=0)
+    max_memory_usage_bytes: int = Field(default=4 * 1024**3, ge=1024**2)
+    # Discovery endpoints look at this many days of recent events.
+    discovery_days: int = Field(default=30, ge=1)
+
+
 class LogSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
@@ -179,6 +192,7 @@ class Settings(BaseSettings):
     aggregate: AggregateSettings = AggregateSettings()
     validation: ValidationSettings = ValidationSettings()
     pii: PiiSettings = PiiSettings()
+    query: QuerySettings = QuerySettings()
     log: LogSettings = LogSettings()
 
 

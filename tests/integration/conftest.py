@@ -171,8 +171,10 @@ class Pipeline:
             self._ch.close()
 
 
-def make_pipeline(services: Services, tmp_path: Path) -> Pipeline:
-    """A new isolated pipeline: its own topics, database (migrated) and consumer group."""
+def make_pipeline(services: Services, tmp_path: Path, **sections: Any) -> Pipeline:
+    """A new isolated pipeline: its own topics, database (migrated) and consumer group.
+
+    *sections* change settings sections, e.g. ``aggregate={"rollups": [...]}``."""
     n = next(_ids)
     tag = f"t{n}_{uuid.uuid4().hex[:6]}"
     s = services.settings
@@ -184,6 +186,7 @@ def make_pipeline(services: Services, tmp_path: Path) -> Pipeline:
             "kafka": s.kafka.model_copy(update={"topics": topics}),
             "clickhouse": s.clickhouse.model_copy(update={"database": f"rv_{tag}"}),
             "worker": s.worker.model_copy(update={"app_id": f"rearview-{tag}", "data_dir": tmp_path / tag}),
+            **{name: getattr(s, name).model_copy(update=changes) for name, changes in sections.items()},
         }
     )
     ensure_topics(settings.kafka.bootstrap_servers, pipeline_topics(settings.kafka))

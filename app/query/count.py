@@ -1,17 +1,13 @@
-"""The query layer: typed requests answered from ClickHouse with bound parameters only."""
+"""`GET /v1/events/count`: how many events match a name and a time range."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
-from core.exceptions import RearviewError
-
-
-class BadQuery(RearviewError):
-    """A query request that cannot be answered as asked (the message says why)."""
+from app.query.errors import BadQuery
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:
@@ -20,11 +16,11 @@ def parse_time(name: str, value: str | None) -> datetime | None:
         return None
     try:
         if value.lstrip("-").isdigit():
-            return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+            return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError):
-        raise BadQuery(f"{name} must be ISO-8601 or epoch milliseconds, got {value[:40]!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        raise BadQuery(name, f"must be ISO-8601 or epoch milliseconds, got {value[:40]!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -36,7 +32,7 @@ class CountRequest:
 
     def __post_init__(self) -> None:
         if self.start and self.end and self.start >= self.end:
-            raise BadQuery("from must be before to")
+            raise BadQuery("from", "must be before to")
 
 
 @dataclass(frozen=True)
