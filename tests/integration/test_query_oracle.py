@@ -295,9 +295,12 @@ def retention_cases(s: Stack, now: datetime) -> dict[str, Case]:
     }
 
 
-def all_cases(s: Stack, now: datetime) -> dict[str, Case]:
-    return {**timeseries_cases(s), **breakdown_cases(s), **uniques_cases(s), **funnel_cases(s),
-            **retention_cases(s, now)}
+@pytest.fixture(scope="module")
+def cases(stack: Stack) -> dict[str, Case]:
+    """Every request but retention's (whose null periods depend on the clock), with the
+    oracle's answer, computed once for the module."""
+    return {**timeseries_cases(stack), **breakdown_cases(stack), **uniques_cases(stack),
+            **funnel_cases(stack)}
 
 
 TIMESERIES = ["counts_by_day_UTC_auto", "counts_by_day_UTC_events",
@@ -315,7 +318,7 @@ RETENTION = ["retention_signup_utc", "retention_mobile_berlin"]
 # --- the tests -----------------------------------------------------------------------------
 
 
-def test_the_dataset_exercises_what_the_oracle_checks(stack: Stack) -> None:
+def test_the_dataset_exercises_what_the_oracle_checks(stack: Stack, cases: dict[str, Case]) -> None:
     """Guards the dataset itself: without these shapes the comparisons below would prove less
     (a breakdown with nothing past its limit, a funnel nobody finishes, no absent country)."""
     r = stack.range(1, 8)
@@ -325,6 +328,10 @@ def test_the_dataset_exercises_what_the_oracle_checks(stack: Stack) -> None:
     assert oracle.breakdown(events, r, ["country", "device_type"], ["events"], 5).truncated
     rows = oracle.funnel(events, r, FUNNEL_STEPS, FUNNEL_LABELS, oracle.FUNNEL_WINDOW_S)
     assert rows[0]["users"] > rows[1]["users"] > rows[2]["users"] > 0
+    strict = cases["funnel_strict"]
+    ordered = oracle.funnel(events, r, FUNNEL_STEPS, FUNNEL_LABELS, oracle.FUNNEL_WINDOW_S,
+                            filters=strict.body["filters"])
+    assert [row["users"] for row in strict.rows] != [row["users"] for row in ordered]
     berlin = oracle.timeseries_by_day(events, stack.range(1, 8, BERLIN), [(None, None, "x")],
                                       ["events"])
     utc = oracle.timeseries_by_day(events, r, [(None, None, "x")], ["events"])
@@ -332,17 +339,17 @@ def test_the_dataset_exercises_what_the_oracle_checks(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("name", TIMESERIES + BREAKDOWNS + UNIQUES)
-def test_http_answer_equals_the_oracle(stack: Stack, name: str) -> None:
-    """Time series and breakdowns: every row of the HTTP answer equals the oracle's, from the
-    source the request names (a rollup for covered requests asked with source auto)."""
-    case = all_cases(stack, datetime.now(UTC))[name]
+def test_http_answer_equals_the_oracle(stack: Stack, cases: dict[str, Case], name: str) -> None:
+    """Time series, breakdowns and uniques: every row of the HTTP answer equals the oracle's,
+    from the source the request names (a rollup for covered requests asked with source auto)."""
+    case = cases[name]
     case.check(stack.ask(case.body), f"HTTP {name}")
 
 
 @pytest.mark.parametrize("name", FUNNELS)
-def test_funnel_equals_the_oracle(stack: Stack, name: str) -> None:
+def test_funnel_equals_the_oracle(stack: Stack, cases: dict[str, Case], name: str) -> None:
     """Users per step, conversions, drop-off and the lower median time to convert."""
-    case = all_cases(stack, datetime.now(UTC))[name]
+    case = cases[name]
     case.check(stack.ask(case.body), f"HTTP {name}")
 
 
@@ -350,16 +357,16 @@ def test_funnel_equals_the_oracle(stack: Stack, name: str) -> None:
 def test_retention_equals_the_oracle(stack: Stack, name: str) -> None:
     """First-time cohorts, their sizes, returning users per day and rates; null for periods
     that have not started."""
-    case = all_cases(stack, datetime.now(UTC))[name]
+    case = retention_cases(stack, datetime.now(UTC))[name]
     case.check(stack.ask(case.body), f"HTTP {name}")
 
 
 @pytest.mark.parametrize("request_name", ["counts_by_day_UTC", "counts_by_day_Europe/Berlin",
                                           "price_by_day", "country_device_counts_top7",
                                           "revenue_by_country"])
-def test_rollup_and_events_give_identical_rows(stack: Stack, request_name: str) -> None:
+def test_rollup_and_events_give_identical_rows(stack: Stack, cases: dict[str, Case],
+                                              request_name: str) -> None:
     """A request a rollup covers gets the very same rows from the rollup and from the events."""
-    cases = all_cases(stack, datetime.now(UTC))
     auto = stack.ask(cases[f"{request_name}_auto"].body)
     raw = stack.ask(cases[f"{request_name}_events"].body)
     assert auto["source"].startswith("rollup:"), auto["meta"]
@@ -393,30 +400,31 @@ def test_hll_uniques_are_close_and_say_so(stack: Stack) -> None:
     answer = stack.ask({"kind": "uniques", "date_range": r.json(), "method": "hll"})
     exact = oracle.uniques(stack.data.events, r)
     assert answer["meta"]["approximate"] is True
-    assert answer["meta"]["method"] == "hll"
+    assert str(answer["meta"]["method"]).startswith("hll")
     assert answer["rows"][0]["users"] == pytest.approx(exact, rel=0.03)
 
 
 def _cli(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "app.cli", "query", "--format", "json", json.dumps(body)],
-        env={**stack.pipeline.env, "PATH": ""}, capture_output=True, text=True, timeout=120)
+        env={**stack.pipeline.env, "PATH": ""}, capture_output=True, text=True, timeout=120,
+        check=False)
     assert proc.returncode == 0, f"rearview query failed ({proc.returncode}): {proc.stderr[-2000:]}"
     answer: dict[str, Any] = json.loads(proc.stdout)
     return answer
 
 
-def test_cli_answers_equal_the_oracle(stack: Stack) -> None:
+def test_cli_answers_equal_the_oracle(stack: Stack, cases: dict[str, Case]) -> None:
     """`rearview query --format json` prints the same answer as HTTP: every kind, both sources."""
     names = ["counts_by_day_Europe/Berlin_auto", "counts_by_day_Europe/Berlin_events",
              "price_by_day_auto", "users_by_day_berlin", "country_device_users_top5",
              "revenue_by_country_auto", "filter_tree", "uniques_buyers_filtered",
              "funnel_ordered", "funnel_by_country", "retention_mobile_berlin"]
-    cases = all_cases(stack, datetime.now(UTC))
+    asked = {**cases, **retention_cases(stack, datetime.now(UTC))}
     began = time.monotonic()
     with ThreadPoolExecutor(max_workers=4) as pool:
-        answers = list(pool.map(lambda n: _cli(stack, cases[n].body), names))
-    cases = all_cases(stack, datetime.now(UTC))  # retention nulls depend on the clock
+        answers = list(pool.map(lambda n: _cli(stack, asked[n].body), names))
+    expected = {**cases, **retention_cases(stack, datetime.now(UTC))}
     for name, answer in zip(names, answers, strict=True):
-        cases[name].check(answer, f"CLI {name}")
+        expected[name].check(answer, f"CLI {name}")
     assert time.monotonic() - began < 60
