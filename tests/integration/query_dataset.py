@@ -314,21 +314,45 @@ def selected(events: Iterable[Event], rng: Range, names: Sequence[str] = (),
             and matches(filters, e)]
 
 
-def timeseries_by_day(events: Sequence[Event], rng: Range,
-                      series: Sequence[tuple[str | None, Filter | None, str]],
-                      metrics: Sequence[str], filters: Filter | None = None) -> list[dict[str, Any]]:
-    """Rows ``{bucket, series, <metric>...}``: every local day of the range, every series."""
+def bucket_day(day: date, interval: str) -> date:
+    """The first local day of the bucket holding *day*: itself, or its week's Monday."""
+    return day - timedelta(days=day.weekday()) if interval == "week" else day
+
+
+def timeseries(events: Sequence[Event], rng: Range,
+               series: Sequence[tuple[str | None, Filter | None, str]], metrics: Sequence[str],
+               interval: str = "day", filters: Filter | None = None) -> list[dict[str, Any]]:
+    """Rows ``{bucket, series, <metric>...}`` for every day (or week from Monday) bucket that
+    overlaps the range, and every series; a bucket counts only the events inside the range."""
+    starts = sorted({bucket_day(day, interval) for day in rng.days()})
     rows = []
     for event_name, series_filters, label in series:
         kept = [e for e in selected(events, rng, filters=filters)
                 if (event_name is None or e.name == event_name) and matches(series_filters, e)]
-        by_day: dict[date, list[Event]] = defaultdict(list)
+        by_bucket: dict[date, list[Event]] = defaultdict(list)
         for e in kept:
-            by_day[local_day(e.ts_ms, rng.tz)].append(e)
-        for day in rng.days():
-            rows.append({"bucket": local_midnight(day, rng.tz).isoformat(), "series": label,
-                         **{m: metric(m, by_day[day]) for m in metrics}})
+            by_bucket[bucket_day(local_day(e.ts_ms, rng.tz), interval)].append(e)
+        for start in starts:
+            rows.append({"bucket": local_midnight(start, rng.tz).isoformat(), "series": label,
+                         **{m: metric(m, by_bucket[start]) for m in metrics}})
     return rows
+
+
+def breakdown_by_day(events: Sequence[Event], rng: Range, dimensions: Sequence[str],
+                     metric_name: str, limit: int) -> list[dict[str, Any]]:
+    """A breakdown with a day interval: groups ranked over the whole range (as `breakdown`),
+    then one row per group (the top *limit* and ``$other``) and local day."""
+    top = [tuple(row[d] for d in dimensions)
+           for row in breakdown(events, rng, dimensions, [metric_name], limit).rows[:-1]]
+    by_cell: dict[tuple[date, tuple[str, ...]], list[Event]] = defaultdict(list)
+    for e in selected(events, rng):
+        group = tuple(shown(value(e, d)) for d in dimensions)
+        by_cell[local_day(e.ts_ms, rng.tz), group if group in top else (OTHER,) * len(dimensions)
+                ].append(e)
+    return [{"bucket": local_midnight(day, rng.tz).isoformat(),
+             **dict(zip(dimensions, group, strict=True)),
+             metric_name: metric(metric_name, by_cell[day, group])}
+            for group in [*top, (OTHER,) * len(dimensions)] for day in rng.days()]
 
 
 @dataclass(frozen=True)
@@ -340,16 +364,20 @@ class BreakdownAnswer:
 
 def breakdown(events: Sequence[Event], rng: Range, dimensions: Sequence[str],
               metrics: Sequence[str], limit: int, names: Sequence[str] = (),
-              filters: Filter | None = None) -> BreakdownAnswer:
-    """Groups ranked by the first metric descending (ties by their values ascending, no value
-    last), the first *limit* as rows, then the ``$other`` row of everything past them."""
+              filters: Filter | None = None,
+              order_by: tuple[str, str] | None = None) -> BreakdownAnswer:
+    """Groups ranked by *order_by* (default: the first metric descending; ties by their values
+    ascending, no value last), the first *limit* as rows, then the ``$other`` row of everything
+    past them."""
+    by_metric, direction = order_by or (metrics[0], "desc")
+    sign = -1 if direction == "desc" else 1
     groups: dict[tuple[str, ...], list[Event]] = defaultdict(list)
     for e in selected(events, rng, names, filters):
         groups[tuple(shown(value(e, d)) for d in dimensions)].append(e)
 
     def rank(item: tuple[tuple[str, ...], list[Event]]) -> tuple[Any, ...]:
-        first = metric(metrics[0], item[1])
-        return (first is None, -(first or 0), item[0])
+        figure = metric(by_metric, item[1])
+        return (figure is None, sign * (figure or 0), item[0])
 
     ranked = sorted(groups.items(), key=rank)
     rows = [{**dict(zip(dimensions, key, strict=True)), **{m: metric(m, es) for m in metrics}}

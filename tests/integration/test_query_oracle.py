@@ -165,15 +165,23 @@ def timeseries_cases(s: Stack) -> dict[str, Case]:
         body = {"kind": "timeseries", "timezone": tz_name, "date_range": r.json(),
                 "interval": "day", "metrics": ["events"],
                 "series": [{"event": e, "label": label} for e, _, label in series]}
-        rows = oracle.timeseries_by_day(s.data.events, r, series, ["events"])
+        rows = oracle.timeseries(s.data.events, r, series, ["events"])
         for source, b in _sources(body).items():
             cases[f"counts_by_day_{tz_name}_{source}"] = Case(
                 b, rows, by("series", "bucket"), "rollup:" if source == "auto" else "events")
     r = s.range(1, 8, BERLIN)
+    weekly = {"kind": "timeseries", "timezone": "Europe/Berlin", "date_range": r.json(),
+              "interval": "week", "series": [{"event": None, "label": "all"}],
+              "filters": ["is", "country", ["DE", "$none"]]}
+    rows = oracle.timeseries(s.data.events, r, [(None, None, "all")], ["events"], "week",
+                             ["is", "country", ["DE", "$none"]])
+    for source, b in _sources(weekly).items():
+        cases[f"counts_by_week_{source}"] = Case(b, rows, by("series", "bucket"),
+                                                "rollup:" if source == "auto" else "events")
     price_series = [("purchase", None, "revenue")]
     body = {"kind": "timeseries", "timezone": "Europe/Berlin", "date_range": r.json(),
             "metrics": ["sum:price", "events"], "series": [{"event": "purchase", "label": "revenue"}]}
-    rows = oracle.timeseries_by_day(s.data.events, r, price_series, ["sum:price", "events"])
+    rows = oracle.timeseries(s.data.events, r, price_series, ["sum:price", "events"])
     for source, b in _sources(body).items():
         cases[f"price_by_day_{source}"] = Case(b, rows, by("series", "bucket"),
                                               "rollup:" if source == "auto" else "events")
@@ -183,21 +191,24 @@ def timeseries_cases(s: Stack) -> dict[str, Case]:
         {"kind": "timeseries", "timezone": "Europe/Berlin", "date_range": r.json(),
          "metrics": ["events", "users", "avg:price"],
          "series": [{"event": e, "filters": f, "label": label} for e, f, label in any_series]},
-        oracle.timeseries_by_day(s.data.events, r, any_series, ["events", "users", "avg:price"]),
+        oracle.timeseries(s.data.events, r, any_series, ["events", "users", "avg:price"]),
         by("series", "bucket"), "events")
     return cases
 
 
 def breakdown_cases(s: Stack) -> dict[str, Case]:
-    """Breakdowns: ranked groups, ``$other`` (with its distinct users), ``$none``, sums and
-    averages of price, and a filter tree."""
+    """Breakdowns: ranked groups (descending and ascending), ``$other`` (with its distinct
+    users), ``$none``, sums and averages of price, a time series per group, and a filter
+    tree."""
     cases: dict[str, Case] = {}
     r = s.range(1, 8)
     events = s.data.events
 
-    def case(body: dict[str, Any], source: str | None = None, **kw: Any) -> Case:
+    def case(body: dict[str, Any], source: str | None = None) -> Case:
+        order = body.get("order_by")
         answer = oracle.breakdown(events, r, body["dimensions"], body["metrics"], body["limit"],
-                                  body.get("events", ()), body.get("filters"), **kw)
+                                  body.get("events", ()), body.get("filters"),
+                                  tuple(order) if order else None)
         meta = {"total_groups": answer.total_groups, "truncated": answer.truncated}
         return Case(body, answer.rows, None, source, meta)
 
@@ -219,6 +230,15 @@ def breakdown_cases(s: Stack) -> dict[str, Case]:
     cases["plan_none_group"] = case(
         {**base, "dimensions": ["prop:plan"], "metrics": ["users", "events"], "limit": 10},
         "events")
+    cases["browser_ascending"] = case(
+        {**base, "dimensions": ["browser"], "metrics": ["users", "events"], "limit": 2,
+         "order_by": ["users", "asc"]}, "events")
+    daily = {**base, "dimensions": ["country"], "metrics": ["events"], "limit": 3,
+             "interval": "day"}
+    for source, b in _sources(daily).items():
+        cases[f"country_by_day_{source}"] = Case(
+            b, oracle.breakdown_by_day(events, r, ["country"], "events", 3), by("country", "bucket"),
+            "rollup:" if source == "auto" else "events")
     cases["filter_tree"] = case(
         {**base, "dimensions": ["device_type", "event_name"], "metrics": ["events", "users"],
          "limit": 6, "filters": FILTER_TREE}, "events")
@@ -305,11 +325,12 @@ def cases(stack: Stack) -> dict[str, Case]:
 
 TIMESERIES = ["counts_by_day_UTC_auto", "counts_by_day_UTC_events",
               "counts_by_day_Europe/Berlin_auto", "counts_by_day_Europe/Berlin_events",
+              "counts_by_week_auto", "counts_by_week_events",
               "price_by_day_auto", "price_by_day_events", "users_by_day_berlin"]
 BREAKDOWNS = ["country_device_users_top5", "country_device_counts_top7_auto",
               "country_device_counts_top7_events", "revenue_by_country_auto",
               "revenue_by_country_events", "price_by_country_all_groups", "plan_none_group",
-              "filter_tree"]
+              "browser_ascending", "country_by_day_auto", "country_by_day_events", "filter_tree"]
 UNIQUES = ["uniques_all", "uniques_buyers_filtered", "uniques_of_filter_tree"]
 FUNNELS = ["funnel_ordered", "funnel_strict", "funnel_by_country"]
 RETENTION = ["retention_signup_utc", "retention_mobile_berlin"]
@@ -332,9 +353,9 @@ def test_the_dataset_exercises_what_the_oracle_checks(stack: Stack, cases: dict[
     ordered = oracle.funnel(events, r, FUNNEL_STEPS, FUNNEL_LABELS, oracle.FUNNEL_WINDOW_S,
                             filters=strict.body["filters"])
     assert [row["users"] for row in strict.rows] != [row["users"] for row in ordered]
-    berlin = oracle.timeseries_by_day(events, stack.range(1, 8, BERLIN), [(None, None, "x")],
+    berlin = oracle.timeseries(events, stack.range(1, 8, BERLIN), [(None, None, "x")],
                                       ["events"])
-    utc = oracle.timeseries_by_day(events, r, [(None, None, "x")], ["events"])
+    utc = oracle.timeseries(events, r, [(None, None, "x")], ["events"])
     assert [row["events"] for row in berlin] != [row["events"] for row in utc]
 
 
@@ -362,8 +383,9 @@ def test_retention_equals_the_oracle(stack: Stack, name: str) -> None:
 
 
 @pytest.mark.parametrize("request_name", ["counts_by_day_UTC", "counts_by_day_Europe/Berlin",
-                                          "price_by_day", "country_device_counts_top7",
-                                          "revenue_by_country"])
+                                          "counts_by_week", "price_by_day",
+                                          "country_device_counts_top7", "revenue_by_country",
+                                          "country_by_day"])
 def test_rollup_and_events_give_identical_rows(stack: Stack, cases: dict[str, Case],
                                               request_name: str) -> None:
     """A request a rollup covers gets the very same rows from the rollup and from the events."""
