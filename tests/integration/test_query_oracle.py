@@ -450,3 +450,51 @@ def test_cli_answers_equal_the_oracle(stack: Stack, cases: dict[str, Case]) -> N
     for name, answer in zip(names, answers, strict=True):
         expected[name].check(answer, f"CLI {name}")
     assert time.monotonic() - began < 60
+
+
+def _ranked(counts: dict[str, int], key: str) -> list[dict[str, Any]]:
+    """``[{key, "count"}]`` most frequent first (ties by name, so both sides compare alike)."""
+    return [{key: k, "count": n} for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def test_discovery_lists_what_the_events_hold(stack: Stack) -> None:
+    """The pickers' endpoints: every event name with its count and last time seen, the
+    property keys of an event with their counts and dimension names, and a property's values
+    (those containing ``q``, case-insensitive, at most ``limit``), all most frequent first."""
+    events = stack.data.events
+    names: dict[str, int] = {}
+    last_seen: dict[str, int] = {}
+    for e in events:
+        names[e.name] = names.get(e.name, 0) + 1
+        last_seen[e.name] = max(last_seen.get(e.name, 0), e.ts_ms)
+    answer = stack.http.get(f"{stack.api}/v1/schema/events").json()["events"]
+    assert [{"event": a["event"], "count": a["count"]} for a in answer] == _ranked(names, "event")
+    for a in answer:
+        seen = datetime.fromisoformat(a["last_seen"])
+        assert int(seen.timestamp() * 1000) == last_seen[a["event"]], a
+
+    keys: dict[str, int] = {}
+    for e in events:
+        if e.name == "purchase":
+            for key in e.properties:
+                keys[key] = keys.get(key, 0) + 1
+    answer = stack.http.get(f"{stack.api}/v1/schema/properties", params={"event": "purchase"})
+    got = answer.json()["properties"]
+    assert [{"property": p["property"], "count": p["count"]} for p in got] == _ranked(keys, "property")
+    assert {p["property"]: p["dimension"] for p in got}["price"] == "prop:price"
+    assert {p["property"]: p["dimension"] for p in got}["country"] == "country"
+
+    def values(dimension: str, event: str | None, q: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for e in events:
+            v = oracle.value(e, dimension)
+            if v and (event is None or e.name == event) and q.lower() in v.lower():
+                found[v] = found.get(v, 0) + 1
+        return found
+
+    answer = stack.http.get(f"{stack.api}/v1/schema/values", params={"property": "country"})
+    assert answer.json()["values"] == _ranked(values("country", None, ""), "value")
+    answer = stack.http.get(f"{stack.api}/v1/schema/values",
+                            params={"property": "prop:page", "event": "page_view", "q": "PRIC",
+                                    "limit": "1"})
+    assert answer.json()["values"] == _ranked(values("prop:page", "page_view", "PRIC"), "value")[:1]
