@@ -341,14 +341,28 @@ RETENTION = ["retention_signup_utc", "retention_mobile_berlin"]
 
 def test_the_dataset_exercises_what_the_oracle_checks(stack: Stack, cases: dict[str, Case]) -> None:
     """Guards the dataset itself: without these shapes the comparisons below would prove less
-    (a breakdown with nothing past its limit, a funnel nobody finishes, no absent country)."""
+    (a breakdown with nothing past its limit, ``$other`` users that a sum would get right, a
+    funnel nobody finishes, no absent country, nothing after a range's end that counts)."""
     r = stack.range(1, 8)
     events = stack.data.events
     assert 5_000 < len(events) < 20_000
     assert any(not e.properties.get("country") for e in events)
-    assert oracle.breakdown(events, r, ["country", "device_type"], ["events"], 5).truncated
+    top5 = oracle.breakdown(events, r, ["country", "device_type"], ["users"], 5)
+    everything = oracle.breakdown(events, r, ["country", "device_type"], ["users"], 10_000)
+    assert top5.truncated
+    assert top5.rows[-1]["users"] < sum(row["users"] for row in everything.rows[5:])
     rows = oracle.funnel(events, r, FUNNEL_STEPS, FUNNEL_LABELS, oracle.FUNNEL_WINDOW_S)
     assert rows[0]["users"] > rows[1]["users"] > rows[2]["users"] > 0
+    end_ms = r.end.timestamp() * 1000
+    until_end = [e for e in events if e.ts_ms < end_ms]
+    assert oracle.funnel(until_end, r, FUNNEL_STEPS, FUNNEL_LABELS, oracle.FUNNEL_WINDOW_S) != rows
+    retention = retention_cases(stack, datetime.now(UTC))["retention_signup_utc"]
+    r4_end_ms = stack.range(1, 4).end.timestamp() * 1000
+    assert oracle.retention_by_day([e for e in events if e.ts_ms < r4_end_ms], stack.range(1, 4),
+                                   ("signup", None), ("session_start", None), 7,
+                                   datetime.now(UTC)) != retention.rows
+    assert any(row["users"] is None for row in
+               retention_cases(stack, datetime.now(UTC))["retention_mobile_berlin"].rows)
     strict = cases["funnel_strict"]
     ordered = oracle.funnel(events, r, FUNNEL_STEPS, FUNNEL_LABELS, oracle.FUNNEL_WINDOW_S,
                             filters=strict.body["filters"])
