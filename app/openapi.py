@@ -118,7 +118,9 @@ def enum(values: tuple[str, ...], description: str | None = None, **extra: Any) 
 def one_or_many(item: JSON, low: int, high: int, description: str | None = None,
                 unique: bool = False) -> JSON:
     """A list of *item*s, or one item standing for a list of one."""
-    listed = array(item, low, high, **({"uniqueItems": True} if unique else {}))
+    listed = array(item, low, high)
+    if unique:
+        listed["uniqueItems"] = True
     return any_of(item, listed, description=description)
 
 

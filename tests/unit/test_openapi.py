@@ -186,7 +186,7 @@ def test_the_examples_of_docs_query_md_are_valid_requests(doc: dict[str, Any]) -
 
 
 def test_stated_defaults_are_the_parsers(doc: dict[str, Any]) -> None:
-    minimal = {"timeseries": {}, "breakdown": {"dimensions": ["country"]},
+    minimal: dict[str, dict[str, Any]] = {"timeseries": {}, "breakdown": {"dimensions": ["country"]},
                "funnel": {"steps": ["a", "b"]}, "retention": {"start_event": "a"}, "uniques": {}}
     schemas = doc["components"]["schemas"]
     checked = 0
