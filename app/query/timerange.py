@@ -79,17 +79,11 @@ def floor(instant: datetime, interval: Interval, tz: ZoneInfo) -> datetime:
 
 
 def midnight(day: date, tz: ZoneInfo) -> datetime:
-    """The first instant of local *day* (where midnight is skipped by a clock change, the
-    first instant after it, as ClickHouse's toStartOfDay does)."""
-    naive = datetime(day.year, day.month, day.day)
-    aware = naive.replace(tzinfo=tz)
-    # A skipped wall time does not round-trip through UTC: step forward to the first real one.
-    if aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None) != naive:
-        for minutes in range(15, 181, 15):
-            candidate = (naive + timedelta(minutes=minutes)).replace(tzinfo=tz)
-            if candidate.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == candidate.replace(tzinfo=None):
-                return candidate.astimezone(UTC).astimezone(tz)
-    return aware.astimezone(UTC).astimezone(tz)
+    """The first instant of local *day*. Where a clock change skips midnight, a wall time in
+    the gap resolves (fold=0) to the instant of the change: the first one of the day, as
+    ClickHouse's toStartOfDay has it; where midnight repeats, the first one."""
+    local = datetime(day.year, day.month, day.day, tzinfo=tz)
+    return local.astimezone(UTC).astimezone(tz)
 
 
 def step(start: datetime, interval: Interval, tz: ZoneInfo, n: int = 1) -> datetime:
@@ -111,7 +105,8 @@ def buckets(start: datetime, end: datetime, interval: Interval, tz: ZoneInfo,
     """Starts of the buckets that overlap [start, end), at most *limit* (RangeError past it)."""
     out: list[datetime] = []
     current = floor(start, interval, tz)
-    while current < end:
+    # Aware datetimes of one tzinfo compare (and subtract) by wall clock: compare instants.
+    while current.timestamp() < end.timestamp():
         if len(out) >= limit:
             raise RangeError(
                 f"the range holds more than {limit} {interval} buckets: choose a longer interval"
@@ -141,7 +136,7 @@ def _parse_point(text: str, tz: ZoneInfo, field: str, end: bool) -> datetime:
         if len(text) == 10:
             day = date.fromisoformat(text)
             return midnight(day + timedelta(days=1), tz) if end else midnight(day, tz)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         raise RangeError(f"{field} must be an ISO-8601 date or date-time, got {text!r}") from None
     if parsed.tzinfo is None:
@@ -173,9 +168,9 @@ def resolve(value: object, tz: ZoneInfo, now: datetime, field: str = "date_range
     if isinstance(value, (list, tuple)) and len(value) == 2:
         start = _parse_point(value[0], tz, f"{field}[0]", end=False)
         stop = _parse_point(value[1], tz, f"{field}[1]", end=True)
-        if start >= stop:
+        if start.timestamp() >= stop.timestamp():
             raise RangeError(f"{field}: the start must be before the end")
-        if start < EPOCH:
+        if start.timestamp() < 0:
             raise RangeError(f"{field}: the start must be in 1970 or later")
         return TimeRange(start, stop, [str(value[0]), str(value[1])])
     raise RangeError(
