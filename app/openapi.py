@@ -19,6 +19,7 @@ from typing import Any
 from agents.records import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
 from app.live import PERIODS_MIN
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from app.query import discovery
 from app.query.request import (
     DURATION,
     EVENT_NAME,
@@ -55,6 +56,7 @@ MAX_LABEL = 200  # request._Fields.label
 MAX_FILTER_VALUE_CHARS = 8192  # sql.parse_filter: one filter value
 MAX_TIMEZONE_CHARS = 64  # timerange.zone
 MAX_RANGE_POINT_CHARS = 40  # timerange._parse_point: one end of an absolute range
+MAX_DISCOVERY_Q = 200  # discovery.values: the `q` of GET /v1/schema/values
 
 SET_OPS = ("is_set", "is_not_set")
 VALUE_OPS = tuple(op for op in LEAF_OPS if op not in NUMERIC_OPS and op not in SET_OPS)
@@ -155,6 +157,19 @@ def too_large(settings: Settings) -> JSON:
 def unavailable(what: str) -> JSON:
     return error(f"{what} is unreachable or failed: retry later. Never a 500 that blames the"
                  " client.")
+
+
+def query_limits(settings: Settings) -> JSON:
+    """The responses of a request ClickHouse answers under the query layer's limits."""
+    limits = settings.query
+    return {
+        "422": error(f"ClickHouse stopped the query at the memory limit"
+                     f" ({limits.max_memory_usage_bytes} bytes, `query.max_memory_usage_bytes`)"
+                     " or a size limit."),
+        UNAVAILABLE: unavailable("ClickHouse"),
+        "504": error(f"ClickHouse stopped the query at the time limit"
+                     f" ({limits.max_execution_time_s:g} s, `query.max_execution_time_s`)."),
+    }
 
 
 def query_parameter(name: str, schema: JSON, description: str, required: bool = False) -> JSON:
@@ -441,9 +456,12 @@ def answer_schemas() -> dict[str, JSON]:
             "truncated": {"type": "boolean", "description": "Breakdowns: groups past the limit"
                                                             f" are in `{OTHER}`."},
             "rollup_not_used": string("Why no rollup answered, for each."),
-            "method": enum(("exact", "hll"), "Uniques: how users were counted."),
+            "method": string("Uniques: how users were counted, `exact: ...` or `hll: ...`.",
+                             pattern="^(exact|hll): "),
             "lg_k": integer(description="Uniques, hll: the sketches' precision."),
-            "standard_error": {"type": "number", "description": "Uniques, hll."},
+            "standard_error": {"type": "number", "description": "Uniques, hll: relative."},
+            "sketches": integer(0, description="Uniques from rollup sketches: how many."),
+            "cohorts": integer(0, description="Retention: cohort periods in the range."),
         }, ("elapsed_ms", "queries", "rows"), additional=True),
         "TimeseriesRow": obj({"bucket": bucket, "series": string("The series' label.")},
                              ("bucket", "series"), "And one value per metric.", additional=cell),
@@ -451,14 +469,16 @@ def answer_schemas() -> dict[str, JSON]:
                             f"One value per dimension (`{OTHER}`, `{NONE}` included) and per"
                             " metric; `bucket` first with an interval.", additional=cell),
         "FunnelRow": obj({
+            "breakdown": string("With a breakdown: the group's value of the dimension, from the"
+                                f" attempt's step-1 event (`{OTHER}`, `{NONE}` included)."),
             "step": integer(1), "label": string(), "event": string(),
             "users": integer(0, description="Users who reached the step."),
             "conversion_from_start": any_of({"type": "number"}, {"type": "null"}),
             "conversion_from_previous": any_of({"type": "number"}, {"type": "null"}),
             "drop_off": integer(0),
             "median_time_to_convert_s": any_of({"type": "number"}, {"type": "null"}),
-        }, ("step", "label", "event", "users"), "With a breakdown, also the group's value.",
-            additional=cell),
+        }, ("step", "label", "event", "users", "conversion_from_start",
+            "conversion_from_previous", "drop_off", "median_time_to_convert_s")),
         "RetentionRow": obj({
             "cohort": string(format="date-time"), "period": integer(0), "cohort_size": integer(0),
             "users": any_of(integer(0), {"type": "null"},
@@ -472,16 +492,36 @@ def answer_schemas() -> dict[str, JSON]:
 # --- discovery, service endpoints --------------------------------------------------------------
 
 def discovery_schemas() -> dict[str, JSON]:
+    days = integer(1, description="The days read (`query.discovery_days`).")
+    event = any_of(string(), {"type": "null"}, description="The `event` asked for, if any.")
     return {
-        "EventsCatalog": obj({"events": array(obj({
-            "event": string(), "count": integer(0), "last_seen": string(),
-        }, ("event", "count", "last_seen")), description="Most frequent first.")}, ("events",)),
-        "PropertiesCatalog": obj({"properties": array(obj({
-            "property": string(), "dimension": ref("Dimension"), "count": integer(0),
-        }, ("property", "dimension", "count")))}, ("properties",)),
-        "ValuesCatalog": obj({"values": array(obj({
-            "value": string(), "count": integer(0),
-        }, ("value", "count")))}, ("values",)),
+        "EventsCatalog": obj({
+            "days": days,
+            "events": array(obj({
+                "event": string(), "count": integer(0),
+                "last_seen": string("UTC, to the millisecond.", format="date-time"),
+            }, ("event", "count", "last_seen")), high=discovery.MAX_EVENTS,
+                description="Most frequent first."),
+        }, ("days", "events")),
+        "PropertiesCatalog": obj({
+            "days": days,
+            "event": event,
+            "properties": array(obj({
+                "property": string("The property key."),
+                "dimension": string("The name queries use for it: the key for a hot column,"
+                                    " else `prop:<key>`."),
+                "count": integer(0, description="Events that have the key."),
+            }, ("property", "dimension", "count")), high=discovery.MAX_PROPERTIES,
+                description="Most frequent first."),
+        }, ("days", "event", "properties")),
+        "ValuesCatalog": obj({
+            "days": days,
+            "property": ref("Dimension"),
+            "event": event,
+            "q": string(),
+            "values": array(obj({"value": string(), "count": integer(1)}, ("value", "count")),
+                            description="Non-empty values, most frequent first."),
+        }, ("days", "property", "event", "q", "values")),
     }
 
 
@@ -542,15 +582,16 @@ def collector_paths(settings: Settings) -> JSON:
 
 def query_paths(settings: Settings) -> JSON:
     limits = settings.query
-    discovery = f"Reads the last {limits.discovery_days} days (`query.discovery_days`)."
+    discovery_text = (f"Reads the last {limits.discovery_days} days (`query.discovery_days`),"
+                      " counting stored rows (a redelivered copy may count twice until merged).")
     event_param = query_parameter("event", ref("EventName"), "Only this event's.")
 
     def discovery_op(summary: str, schema: str, op_id: str, *params: JSON) -> JSON:
-        return {"get": operation(summary, {
-            "200": json_response(discovery, ref(schema)),
-            BAD_REQUEST: error("A parameter is malformed; `field` names it."),
-            UNAVAILABLE: unavailable("ClickHouse"),
-        }, "query", operationId=op_id, parameters=list(params))}
+        responses = {"200": json_response(discovery_text, ref(schema))}
+        if params:
+            responses[BAD_REQUEST] = error("A parameter is malformed; `field` names it.")
+        return {"get": operation(summary, {**responses, **query_limits(settings)}, "query",
+                                 operationId=op_id, parameters=list(params))}
 
     return {
         "/v1/query": {"post": operation(
@@ -559,13 +600,7 @@ def query_paths(settings: Settings) -> JSON:
                 BAD_REQUEST: error("The request cannot be answered as asked; `field` names the"
                                    " part at fault."),
                 TOO_LARGE: too_large(settings),
-                "422": error(f"ClickHouse stopped the query at the memory limit"
-                             f" ({limits.max_memory_usage_bytes} bytes,"
-                             " `query.max_memory_usage_bytes`) or a size limit."),
-                UNAVAILABLE: unavailable("ClickHouse"),
-                "504": error(f"ClickHouse stopped the query at the time limit"
-                             f" ({limits.max_execution_time_s:g} s,"
-                             " `query.max_execution_time_s`)."),
+                **query_limits(settings),
             }, "query", "Time series, breakdowns, funnels, retention and unique users over the"
                         " events; docs/query.md describes every field.",
             operationId="query",
@@ -579,8 +614,10 @@ def query_paths(settings: Settings) -> JSON:
             query_parameter("property", ref("Dimension"), "A dimension: `country`, `prop:plan`.",
                             required=True),
             event_param,
-            query_parameter("q", string(), "Keep values containing it, case-insensitive."),
-            query_parameter("limit", integer(1, default=50), "Values returned."),
+            query_parameter("q", string(maxLength=MAX_DISCOVERY_Q),
+                            "Keep values containing it, case-insensitive."),
+            query_parameter("limit", integer(1, discovery.MAX_VALUES, default=50),
+                            "Values returned."),
         ),
         "/v1/events/count": {"get": operation(
             "Count events", {

@@ -12,12 +12,14 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from app import openapi
+from app import api, openapi
 from app.api import create_app
 from app.collector.normalize import BadEvent, to_event, to_events
+from app.query import QueryConfig, discovery
 from app.query.errors import BadQuery
 from app.query.request import MAX_ROWS, Defaults, parse
 from app.settings import Settings
+from core.exceptions import ServiceUnavailable
 
 NOW = datetime(2026, 3, 18, 12, 30, tzinfo=UTC)
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
@@ -48,6 +50,14 @@ def test_the_validator_would_catch_a_dangling_reference(doc: dict[str, Any]) -> 
         "schema": {"$ref": "#/components/schemas/NoSuchSchema"}}
     with pytest.raises(Exception, match="NoSuchSchema"):
         validate(broken, cls=OpenAPIV31SpecValidator)
+
+
+async def test_the_endpoint_serves_the_document(doc: dict[str, Any]) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    response = await api.openapi(make_mocked_request("GET", "/openapi.json"))
+    assert response.content_type == "application/json"
+    assert isinstance(response.body, bytes) and json.loads(response.body) == doc
 
 
 def test_every_route_is_documented_and_every_documented_operation_is_a_route(
@@ -280,3 +290,33 @@ def test_collector_limits_come_from_the_settings() -> None:
     assert schemas["TrackEvent"]["properties"]["properties"]["maxProperties"] == 3
     assert schemas["Batch"]["anyOf"][1]["maxItems"] == 7
     assert "1234 bytes" in doc["paths"]["/v1/track"]["post"]["responses"]["413"]["description"]
+
+
+# --- discovery ---------------------------------------------------------------------------------
+
+class NoClickHouse:
+    """Records the SQL it is asked to run, then fails as an unreachable server would."""
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+
+    def query(self, sql: str, **_kwargs: Any) -> Any:
+        self.sql.append(sql)
+        raise ConnectionRefusedError("no ClickHouse here")
+
+
+def test_discovery_bounds_and_default_are_the_documents(doc: dict[str, Any]) -> None:
+    params = {p["name"]: p["schema"] for p in
+              doc["paths"]["/v1/schema/values"]["get"]["parameters"]}
+    client, config = NoClickHouse(), QueryConfig()
+    q = "x" * params["q"]["maxLength"]
+    with pytest.raises(BadQuery) as refused:
+        discovery.values(client, config, "country", None, q + "x", None)  # type: ignore[arg-type]
+    assert refused.value.field == "q" and client.sql == []
+    with pytest.raises(ServiceUnavailable):  # past the checks, to ClickHouse
+        discovery.values(client, config, "country", None, q, None)  # type: ignore[arg-type]
+    assert f"LIMIT {params['limit']['default']}" in client.sql[-1]
+    with pytest.raises(BadQuery) as refused:
+        discovery.values(client, config, "country", None, "",  # type: ignore[arg-type]
+                         params["limit"]["maximum"] + 1)
+    assert refused.value.field == "limit"
