@@ -532,14 +532,13 @@ def meta_line(answer: dict[str, Any]) -> str:
     if "total_groups" in meta:
         truncated = ", the rest in $other" if meta.get("truncated") else ""
         parts.append(f"{meta['total_groups']} groups{truncated}")
-    if meta.get("approximate"):
-        detail = [str(meta[k]) if k == "method" else f"{k} {meta[k]}"
-                  for k in ("method", "lg_k") if k in meta]
-        if "standard_error" in meta:
-            detail.append(f"±{meta['standard_error']:.2%}")
-        parts.append("approximate" + (f" ({', '.join(detail)})" if detail else ""))
-    else:
-        parts.append("exact")
+    how = [str(meta["method"])] if "method" in meta else []
+    if "lg_k" in meta:
+        how.append(f"lg_k {meta['lg_k']}")
+    if "standard_error" in meta:
+        how.append(f"±{meta['standard_error']:.2%}")
+    exactness = "approximate" if meta.get("approximate") else "exact"
+    parts.append(exactness + (f" ({', '.join(how)})" if how else ""))
     date_range = answer["query"].get("date_range") or {}
     if "from" in date_range and "to" in date_range:
         parts.append(f"{date_range['from']} → {date_range['to']}")
@@ -561,7 +560,7 @@ def answer_table(answer: dict[str, Any]) -> Any:
     for column in answer["columns"]:
         numeric = any(isinstance(r.get(column), int | float) and not isinstance(r.get(column), bool)
                       for r in rows)
-        table.add_column(Text(column), justify="right" if numeric else "left")
+        table.add_column(Text(column), justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*(Text(format_cell(row.get(c))) for c in answer["columns"]))
     return table
@@ -573,6 +572,8 @@ def print_answer(answer: dict[str, Any]) -> None:
     from rich.text import Text
 
     console = Console()
+    if not console.is_terminal:  # a pipe or a file gets whole rows, however wide
+        console = Console(width=100_000)
     console.print(Text(answer_title(answer), style="bold"), soft_wrap=True)
     console.print(answer_table(answer))
     console.print(Text(meta_line(answer), style="dim"), soft_wrap=True)

@@ -264,5 +264,7 @@ def test_cells(value: Any, text: str) -> None:
 def test_meta_line_of_an_approximate_answer() -> None:
     answer = {"query": {"kind": "uniques", "date_range": {"from": "a", "to": "b"}},
               "meta": {"elapsed_ms": 3.0, "queries": 1, "rows": 1, "approximate": True,
-                       "method": "hll", "lg_k": 12, "standard_error": 0.0163}}
-    assert meta_line(answer) == "3 ms · 1 rows · approximate (hll, lg_k 12, ±1.63%) · a → b"
+                       "method": "hll: union of sketches", "lg_k": 12,
+                       "standard_error": 0.0163}}
+    assert meta_line(answer) == ("3 ms · 1 rows · approximate (hll: union of sketches, lg_k 12,"
+                                 " ±1.63%) · a → b")
