@@ -77,6 +77,7 @@ class Event:
 class Dataset:
     day0: date  # the first UTC day with sessions
     events: list[Event]
+    clock_change: date  # a Berlin day of 23 or 25 hours, with events the day before and after
 
     def day(self, n: int) -> date:
         return self.day0 + timedelta(days=n)
@@ -114,12 +115,14 @@ def generate(today: date, seed: int = 20_260_415, users: int = 400) -> Dataset:
     day0 = today - timedelta(days=12)
     b = _Builder(seed, day0, _ms(day0 + timedelta(days=10)))
     rng = b.rng
+    homes: dict[str, dict[str, str | None]] = {}
     for i in range(users):
         user = f"user-{i:04d}"
         country: str | None = _pick(rng, COUNTRIES)
         device: str = _pick(rng, DEVICES)
         browser: str = _pick(rng, BROWSERS)
         plan: str | None = _pick(rng, PLANS) if rng.random() < 0.5 else None
+        homes[user] = {"country": country, "device_type": device, "browser": browser}
 
         def props(extra: dict[str, str | None] | None = None, *, country_: str | None = country,
                   device_: str = device, browser_: str = browser) -> dict[str, str | None]:
@@ -169,8 +172,30 @@ def generate(today: date, seed: int = 20_260_415, users: int = 400) -> Dataset:
             t3 = t2_added + _delay(rng)
             price = rng.choice(PRICES)
             b.add("first_purchase", user, t3, props({"price": price, "plan": plan or "pro"}))
+
+    # Around Berlin's last clock change at least 35 days back (so past the discovery
+    # endpoints' 30 days): sessions of some users, whose first session is then long before
+    # any retention range.
+    change = last_clock_change(today - timedelta(days=35), BERLIN)
+    span_start = int(local_midnight(change - timedelta(days=1), BERLIN).timestamp() * 1000)
+    span_end = int(local_midnight(change + timedelta(days=2), BERLIN).timestamp() * 1000)
+    for user in rng.sample(sorted(homes), 120):
+        for _ in range(rng.randint(2, 8)):
+            name = rng.choice(["session_start", "page_view", "page_view", "button_click"])
+            b.add(name, user, rng.randrange(span_start, span_end), dict(homes[user]))
     b.events.sort(key=lambda e: (e.ts_ms, e.user_id))
-    return Dataset(day0, b.events)
+    return Dataset(day0, b.events, change)
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def last_clock_change(on_or_before: date, tz: ZoneInfo) -> date:
+    """The last local day, on or before the given one, whose length is not 24 hours."""
+    day = on_or_before
+    while local_midnight(day + timedelta(days=1), tz).utcoffset() == local_midnight(day, tz).utcoffset():
+        day -= timedelta(days=1)
+    return day
 
 
 FUNNEL_WINDOW_S = 7 * 86_400
@@ -322,18 +347,33 @@ def bucket_day(day: date, interval: str) -> date:
 def timeseries(events: Sequence[Event], rng: Range,
                series: Sequence[tuple[str | None, Filter | None, str]], metrics: Sequence[str],
                interval: str = "day", filters: Filter | None = None) -> list[dict[str, Any]]:
-    """Rows ``{bucket, series, <metric>...}`` for every day (or week from Monday) bucket that
-    overlaps the range, and every series; a bucket counts only the events inside the range."""
-    starts = sorted({bucket_day(day, interval) for day in rng.days()})
+    """Rows ``{bucket, series, <metric>...}`` for every hour, day or week (from Monday) bucket
+    that overlaps the range, and every series; a bucket counts only the events inside the
+    range. A bucket is its local start with that instant's offset."""
+    # Buckets are keyed by their start's epoch ms: aware datetimes of one zone compare by wall
+    # time, so the two 02:00 hours of a night that falls back would be one key.
+    def bucket(ts_ms: int) -> int:
+        if interval == "hour":  # Berlin's offsets are whole hours: local hours are UTC hours
+            return ts_ms // HOUR_MS * HOUR_MS
+        start = local_midnight(bucket_day(local_day(ts_ms, rng.tz), interval), rng.tz)
+        return int(start.timestamp() * 1000)
+
+    if interval == "hour":
+        start_ms, end_ms = (int(t.timestamp() * 1000) for t in (rng.start, rng.end))
+        starts = list(range(start_ms, end_ms, HOUR_MS))
+    else:
+        starts = sorted({int(local_midnight(bucket_day(day, interval), rng.tz).timestamp() * 1000)
+                         for day in rng.days()})
     rows = []
     for event_name, series_filters, label in series:
         kept = [e for e in selected(events, rng, filters=filters)
                 if (event_name is None or e.name == event_name) and matches(series_filters, e)]
-        by_bucket: dict[date, list[Event]] = defaultdict(list)
+        by_bucket: dict[int, list[Event]] = defaultdict(list)
         for e in kept:
-            by_bucket[bucket_day(local_day(e.ts_ms, rng.tz), interval)].append(e)
+            by_bucket[bucket(e.ts_ms)].append(e)
         for start in starts:
-            rows.append({"bucket": local_midnight(start, rng.tz).isoformat(), "series": label,
+            label_time = datetime.fromtimestamp(start / 1000, tz=rng.tz)
+            rows.append({"bucket": label_time.isoformat(), "series": label,
                          **{m: metric(m, by_bucket[start]) for m in metrics}})
     return rows
 

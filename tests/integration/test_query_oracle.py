@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -156,7 +157,9 @@ def _sources(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def timeseries_cases(s: Stack) -> dict[str, Case]:
     """Counts by day in UTC and in Berlin (a rollup covers both: Berlin midnights are whole
-    UTC hours), sums of price by day, and users of any event (only the events can answer)."""
+    UTC hours), by week, by day and hour around a clock change (a 23- or 25-hour day; twice
+    02:00 or no 02:00), sums of price by day, and users of any event (only the events can
+    answer)."""
     cases: dict[str, Case] = {}
     series = [("page_view", None, "views"), ("purchase", None, "purchases")]
     for tz_name, tz in (("UTC", UTC_ZONE), ("Europe/Berlin", BERLIN)):
@@ -177,6 +180,16 @@ def timeseries_cases(s: Stack) -> dict[str, Case]:
     for source, b in _sources(weekly).items():
         cases[f"counts_by_week_{source}"] = Case(b, rows, by("series", "bucket"),
                                                 "rollup:" if source == "auto" else "events")
+    change = s.data.clock_change  # a Berlin day of 23 or 25 hours
+    around = Range(BERLIN, change - timedelta(days=1), change + timedelta(days=1))
+    on_the_day = Range(BERLIN, change, change)
+    for interval, r_dst in (("day", around), ("hour", on_the_day)):
+        body = {"kind": "timeseries", "timezone": "Europe/Berlin", "date_range": r_dst.json(),
+                "interval": interval, "series": [{"event": None, "label": "all"}]}
+        rows = oracle.timeseries(s.data.events, r_dst, [(None, None, "all")], ["events"], interval)
+        for source, b in _sources(body).items():
+            cases[f"clock_change_{interval}s_{source}"] = Case(
+                b, rows, by("series", "bucket"), "rollup:" if source == "auto" else "events")
     price_series = [("purchase", None, "revenue")]
     body = {"kind": "timeseries", "timezone": "Europe/Berlin", "date_range": r.json(),
             "metrics": ["sum:price", "events"], "series": [{"event": "purchase", "label": "revenue"}]}
@@ -324,7 +337,8 @@ def cases(stack: Stack) -> dict[str, Case]:
 
 TIMESERIES = ["counts_by_day_UTC_auto", "counts_by_day_UTC_events",
               "counts_by_day_Europe/Berlin_auto", "counts_by_day_Europe/Berlin_events",
-              "counts_by_week_auto", "counts_by_week_events",
+              "counts_by_week_auto", "counts_by_week_events", "clock_change_days_auto",
+              "clock_change_days_events", "clock_change_hours_auto", "clock_change_hours_events",
               "price_by_day_auto", "price_by_day_events", "users_by_day_berlin"]
 BREAKDOWNS = ["country_device_users_top5", "country_device_counts_top7_auto",
               "country_device_counts_top7_events", "revenue_by_country_auto",
@@ -360,8 +374,17 @@ def test_the_dataset_exercises_what_the_oracle_checks(stack: Stack, cases: dict[
     assert oracle.retention_by_day([e for e in events if e.ts_ms < r4_end_ms], stack.range(1, 4),
                                    ("signup", None), ("session_start", None), 7,
                                    datetime.now(UTC)) != retention.rows
-    assert any(row["users"] is None for row in
-               retention_cases(stack, datetime.now(UTC))["retention_mobile_berlin"].rows)
+    mobile = retention_cases(stack, datetime.now(UTC))["retention_mobile_berlin"]
+    assert any(row["users"] is None for row in mobile.rows)
+    recent = [e for e in events if e.ts_ms >= stack.range(-1, 0).start.timestamp() * 1000]
+    assert oracle.retention_by_day(recent, stack.range(2, 8, BERLIN),
+                                   ("session_start", ["is", "device_type", ["mobile"]]),
+                                   (None, None), 9, datetime.now(UTC)) != mobile.rows
+    change = stack.data.clock_change
+    hours = (oracle.local_midnight(change + timedelta(days=1), BERLIN).timestamp()
+             - oracle.local_midnight(change, BERLIN).timestamp()) / 3600
+    assert hours in (23, 25)
+    assert len(cases["clock_change_hours_auto"].rows) == hours
     strict = cases["funnel_strict"]
     ordered = oracle.funnel(events, r, FUNNEL_STEPS, FUNNEL_LABELS, oracle.FUNNEL_WINDOW_S,
                             filters=strict.body["filters"])
@@ -396,7 +419,8 @@ def test_retention_equals_the_oracle(stack: Stack, name: str) -> None:
 
 
 @pytest.mark.parametrize("request_name", ["counts_by_day_UTC", "counts_by_day_Europe/Berlin",
-                                          "counts_by_week", "price_by_day",
+                                          "counts_by_week", "clock_change_days",
+                                          "clock_change_hours", "price_by_day",
                                           "country_device_counts_top7", "revenue_by_country",
                                           "country_by_day"])
 def test_rollup_and_events_give_identical_rows(stack: Stack, cases: dict[str, Case],
@@ -476,7 +500,9 @@ def test_discovery_lists_what_the_events_hold(stack: Stack) -> None:
     """The pickers' endpoints: every event name with its count and last time seen, the
     property keys of an event with their counts and dimension names, and a property's values
     (those containing ``q``, case-insensitive, at most ``limit``), all most frequent first."""
-    events = stack.data.events
+    since_ms = (time.time() - 30 * 86_400) * 1000  # they read the last 30 days
+    events = [e for e in stack.data.events if e.ts_ms >= since_ms]
+    assert len(events) < len(stack.data.events)  # the clock change's events are older
     names: dict[str, int] = {}
     last_seen: dict[str, int] = {}
     for e in events:
