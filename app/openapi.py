@@ -306,6 +306,9 @@ def query_field_schemas(settings: Settings) -> dict[str, JSON]:
                      description="[from, to]: dates are whole local days, both included;"
                                  " date-times are instants, the end excluded, in the request's"
                                  " timezone unless they carry an offset."),
+            obj({"from": string(format="date-time"), "to": string("Excluded.", format="date-time"),
+                 "given": {}}, ("from", "to"),
+                "The normalized form an answer echoes: the same instants again."),
             description=f"Default `{settings.query.date_range}` (`query.date_range`).",
             examples=["7d", ["2026-03-01", "2026-03-31"]],
         ),
@@ -391,6 +394,8 @@ def query_request_schemas(settings: Settings) -> dict[str, JSON]:
                             " default `14d`.",
             ),
             "order": enum(("ordered", "strict"), default="ordered"),
+            "window_s": integer(1, MAX_FUNNEL_WINDOW_S, "The window in seconds, as answers echo"
+                                                        " it (instead of `window`)."),
             "breakdown": ref("Dimension"),
             "limit": integer(1, MAX_ROWS // MAX_STEPS, "Breakdown groups.", default=25),
         }, ("steps",), "One row per step (and breakdown group)."),
@@ -456,8 +461,8 @@ def answer_schemas() -> dict[str, JSON]:
             "truncated": {"type": "boolean", "description": "Breakdowns: groups past the limit"
                                                             f" are in `{OTHER}`."},
             "rollup_not_used": string("Why no rollup answered, for each."),
-            "method": string("Uniques: how users were counted, `exact: ...` or `hll: ...`.",
-                             pattern="^(exact|hll): "),
+            "method": enum(("exact", "hll"), description="Uniques: how users were counted."),
+            "method_detail": string("Uniques: the function or the sketches that counted them."),
             "lg_k": integer(description="Uniques, hll: the sketches' precision."),
             "standard_error": {"type": "number", "description": "Uniques, hll: relative."},
             "sketches": integer(0, description="Uniques from rollup sketches: how many."),
@@ -508,8 +513,10 @@ def discovery_schemas() -> dict[str, JSON]:
             "event": event,
             "properties": array(obj({
                 "property": string("The property key."),
-                "dimension": string("The name queries use for it: the key for a hot column,"
-                                    " else `prop:<key>`."),
+                "dimension": any_of(
+                    string(), {"type": "null"},
+                    description="The name queries use for it: the key for a hot column, else"
+                                " `prop:<key>`; null for a key queries cannot name."),
                 "count": integer(0, description="Events that have the key."),
             }, ("property", "dimension", "count")), high=discovery.MAX_PROPERTIES,
                 description="Most frequent first."),

@@ -55,7 +55,7 @@ def test_the_validator_would_catch_a_dangling_reference(doc: dict[str, Any]) -> 
 async def test_the_endpoint_serves_the_document(doc: dict[str, Any]) -> None:
     from aiohttp.test_utils import make_mocked_request
 
-    response = await api.openapi(make_mocked_request("GET", "/openapi.json"))
+    response = await api.openapi(make_mocked_request("GET", "/openapi.json", app=create_app(Settings())))
     assert response.content_type == "application/json"
     assert isinstance(response.body, bytes) and json.loads(response.body) == doc
 
