@@ -505,30 +505,48 @@ def _funnel_rows(attempts: list[list[Event]], steps: Sequence[Step], labels: Seq
     return rows
 
 
-def funnel(events: Sequence[Event], rng: Range, steps: Sequence[Step], labels: Sequence[str],
-           window_s: int, strict: bool = False, filters: Filter | None = None,
-           breakdown_by: str | None = None, limit: int = 25) -> list[dict[str, Any]]:
-    """Rows per step (and per breakdown group, ranked by step-1 users, then ``$other``). A
-    group's value is in the row's ``breakdown`` field (docs/query.md says only that each row
-    has it; the answer names the column so)."""
+def _attempts(events: Sequence[Event], rng: Range, steps: Sequence[Step], window_s: int,
+              strict: bool, filters: Filter | None) -> list[list[Event]]:
+    """Each user's attempt (users with a step-1 event in the range)."""
     kept = [e for e in events if matches(filters, e)]
     attempts = []
     for history in _by_user(kept).values():
         attempt = _user_attempt(history, rng, steps, window_s * 1000, strict)
         if attempt is not None:
             attempts.append(attempt)
+    return attempts
+
+
+def funnel(events: Sequence[Event], rng: Range, steps: Sequence[Step], labels: Sequence[str],
+           window_s: int, strict: bool = False, filters: Filter | None = None,
+           breakdown_by: str | None = None, limit: int = 25) -> list[dict[str, Any]]:
+    """Rows per step (and per breakdown group, ranked by step-1 users, ties by value, then
+    ``$other``, always present); a group's value is the row's ``breakdown``."""
+    attempts = _attempts(events, rng, steps, window_s, strict, filters)
     if breakdown_by is None:
         return _funnel_rows(attempts, steps, labels, {})
-    groups: dict[str, list[list[Event]]] = defaultdict(list)
-    for a in attempts:
-        groups[shown(value(a[0], breakdown_by))].append(a)
-    ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ranked = _funnel_groups(attempts, breakdown_by)
     rows = []
     for group, members in ranked[:limit]:
         rows += _funnel_rows(members, steps, labels, {"breakdown": group})
     rest = [a for _, members in ranked[limit:] for a in members]
     rows += _funnel_rows(rest, steps, labels, {"breakdown": OTHER})
     return rows
+
+
+def _funnel_groups(attempts: list[list[Event]],
+                   breakdown_by: str) -> list[tuple[str, list[list[Event]]]]:
+    """Attempts by their step-1 event's value, ranked by users (ties by value)."""
+    groups: dict[str, list[list[Event]]] = defaultdict(list)
+    for a in attempts:
+        groups[shown(value(a[0], breakdown_by))].append(a)
+    return sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+
+
+def funnel_group_count(events: Sequence[Event], rng: Range, steps: Sequence[Step],
+                       window_s: int, breakdown_by: str) -> int:
+    """How many breakdown groups an (ordered, unfiltered) funnel has: ``meta.total_groups``."""
+    return len(_funnel_groups(_attempts(events, rng, steps, window_s, False, None), breakdown_by))
 
 
 # --- retention -----------------------------------------------------------------------------
