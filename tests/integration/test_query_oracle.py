@@ -392,8 +392,7 @@ def test_the_dataset_exercises_what_the_oracle_checks(stack: Stack, cases: dict[
     ordered = oracle.funnel(events, r, FUNNEL_STEPS, FUNNEL_LABELS, oracle.FUNNEL_WINDOW_S,
                             filters=strict.body["filters"])
     assert [row["users"] for row in strict.rows] != [row["users"] for row in ordered]
-    berlin = oracle.timeseries(events, stack.range(1, 8, BERLIN), [(None, None, "x")],
-                                      ["events"])
+    berlin = oracle.timeseries(events, stack.range(1, 8, BERLIN), [(None, None, "x")], ["events"])
     utc = oracle.timeseries(events, r, [(None, None, "x")], ["events"])
     assert [row["events"] for row in berlin] != [row["events"] for row in utc]
 
