@@ -150,7 +150,7 @@ def test_singlequote_does_not_protect_a_value_with_a_backslash() -> None:
         "project_id = 'x\\\\' OR 1=1 --'")
 
 
-DEFINED = {"project": {"includeAll": False}, "event": {"includeAll": True},
+DEFINED: dict[str, dict[str, object]] = {"project": {"includeAll": False}, "event": {"includeAll": True},
            "loose": {"includeAll": True, "allValue": ".*"}}
 
 
