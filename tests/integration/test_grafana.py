@@ -53,6 +53,7 @@ from tests.grafana_macros import (
     Variable,
     check_variable_uses,
     expand,
+    variable_uses,
 )
 from tests.integration.conftest import Pipeline, Services, make_pipeline, wait_for
 
@@ -200,6 +201,12 @@ def test_prometheus_scrapes_every_worker_on_its_status_port() -> None:
     assert url == "http://prometheus:9090"
 
 
+def test_dashboards_have_distinct_uids_and_titles() -> None:
+    """Grafana keys provisioned dashboards by uid: two files with one uid would hide one."""
+    boards = dashboards().values()
+    assert len({b["uid"] for b in boards}) == len({b["title"] for b in boards}) == len(boards) == 4
+
+
 @pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.stem)
 def test_dashboard_is_valid_and_names_only_provisioned_datasources(path: Path) -> None:
     """Valid JSON; a uid; unique panel ids; every panel, target and variable names a
@@ -255,6 +262,11 @@ def test_every_variable_use_is_defined_and_safe(path: Path) -> None:
             assert v["current"]["value"] in [o["value"] for o in v["options"]]
         else:
             pytest.fail(f"${v['name']}: variable type {v['type']} is not checked here")
+    texts = [q.sql for q in clickhouse_queries(path.stem, board)]
+    texts += [v["query"] for v in variables if v["type"] == "query"]
+    for name in defined:
+        used = any(u.name == name for text in texts for u in variable_uses(text))
+        assert used, f"${name} is offered but no query uses it"
     assert problems == []
 
 
