@@ -424,8 +424,8 @@ def seeded(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iter
         wait_for(lambda: p.stored() >= stored, 90, f"{stored} events stored")
         dead = BAD_EVENTS + GARBAGE_MESSAGES
         wait_for(lambda: p.scalar("SELECT count() FROM dlq FINAL") >= dead, 60, "dead letters")
-        late = p.scalar("SELECT countIf(dateDiff('millisecond', ts, received_at) > {s:UInt32} * 1000)"
-                        " FROM events FINAL", s=LATE_AFTER_S)
+        late = p.scalar("SELECT countIf(dateDiff('millisecond', ts, received_at)"
+                        " > {s:UInt32} * 1000) FROM events FINAL", s=LATE_AFTER_S)
         # Every backfilled event was received 20 minutes or more after it happened, every
         # live one within seconds: the late count is known, nowhere near the threshold.
         assert late == len(backfill)
@@ -439,7 +439,8 @@ def seeded(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iter
                          "properties", "schema_id", "_partition", "_offset", "_index"])
 
         newest = p.scalar("SELECT max(ts) FROM events")
-        end = _minute_floor(max(newest.replace(tzinfo=UTC), datetime.now(UTC))) + timedelta(minutes=2)
+        last = max(newest.replace(tzinfo=UTC), datetime.now(UTC))
+        end = _minute_floor(last) + timedelta(minutes=2)
         seeded = Seeded(p, api, QueryRange(start, end, interval_s=60), stored, late,
                         Counter({"InvalidField": BAD_EVENTS, "FramingError": GARBAGE_MESSAGES}))
         seeded.panel_client = panel_client(p)
@@ -497,7 +498,8 @@ def shape_problems(q: Query, names: list[str], types: list[str],
                    if re.match(r"(U?Int|Float|Decimal)", t)]
         if not numeric:
             problems.append(f"a time series needs a numeric column, got {types}")
-        other = [t for t in types[1:] if not re.match(r"(U?Int|Float|Decimal|String|LowCardinality)", t)]
+        other = [t for t in types[1:]
+                 if not re.match(r"(U?Int|Float|Decimal|String|LowCardinality)", t)]
         if other:
             problems.append(f"columns the plugin cannot use as value or label: {other}")
     if not names:
@@ -638,14 +640,15 @@ def test_pipeline_health_matches_the_api_and_the_worker(seeded: Seeded) -> None:
     and received inside it), late arrivals equal the backfilled events, dead letters by class
     equal the worker's counters (the API does not serve the DLQ), and each PromQL panel names
     metrics and labels the running worker or API exposes, with redactions among them."""
-    _, _, rows = run_panel(seeded, _panel("pipeline_health", "Arrivals and late arrivals per minute"),
-                           {"late_after": str(LATE_AFTER_S)})
+    arrivals = _panel("pipeline_health", "Arrivals and late arrivals per minute")
+    _, _, rows = run_panel(seeded, arrivals, {"late_after": str(LATE_AFTER_S)})
     assert math.isclose(sum(r[1] for r in rows), seeded.stored)
     assert math.isclose(sum(r[2] for r in rows), seeded.late)
     answer = seeded.query_api({"kind": "breakdown", "dimensions": ["event_name"], "limit": 1000})
     assert sum(r["events"] for r in answer["rows"]) == seeded.stored
 
-    _, _, rows = run_panel(seeded, _panel("pipeline_health", "Dead letters by stage and error class"))
+    _, _, rows = run_panel(seeded, _panel("pipeline_health",
+                                          "Dead letters by stage and error class"))
     by_class = Counter({error_class: n for _, error_class, n, _ in rows})
     assert by_class == seeded.dead_letters
     worker = seeded.pipeline.urls["worker"]
@@ -653,7 +656,8 @@ def test_pipeline_health_matches_the_api_and_the_worker(seeded: Seeded) -> None:
     for error_class, n in seeded.dead_letters.items():
         assert re.search(rf'rearview_dead_letters_total\{{error_class="{error_class}",'
                          rf'stage="\w+"\}} {n}\n', text), error_class
-    _, _, rows = run_panel(seeded, _panel("pipeline_health", "Dead letters per minute by error class"))
+    _, _, rows = run_panel(seeded, _panel("pipeline_health",
+                                          "Dead letters per minute by error class"))
     assert {c for _, c, _ in rows} == set(seeded.dead_letters)
     # At a one-minute interval a bucket's letters per minute are its letters.
     assert math.isclose(sum(n for _, _, n in rows), sum(seeded.dead_letters.values()))

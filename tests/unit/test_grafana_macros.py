@@ -43,7 +43,8 @@ EVENT = Variable("event", [ALL], options=["page_view", "signup"])
         ("$__toTime_ms", f"fromUnixTimestamp64Milli({TO_S}999)"),
         ("$__dateFilter(d)", "d >= toDate('2026-03-01') AND d <= toDate('2026-03-01')"),
         ("$__timeInterval(ts)", "toStartOfInterval(toDateTime(ts), INTERVAL 30 second)"),
-        ("$__timeInterval_ms(ts)", "toStartOfInterval(toDateTime64(ts, 3), INTERVAL 30500 millisecond)"),
+        ("$__timeInterval_ms(ts)",
+         "toStartOfInterval(toDateTime64(ts, 3), INTERVAL 30500 millisecond)"),
         ("$__interval_s", "30"),
     ],
 )
@@ -150,8 +151,11 @@ def test_singlequote_does_not_protect_a_value_with_a_backslash() -> None:
         "project_id = 'x\\\\' OR 1=1 --'")
 
 
-DEFINED: dict[str, dict[str, object]] = {"project": {"includeAll": False}, "event": {"includeAll": True},
-           "loose": {"includeAll": True, "allValue": ".*"}}
+DEFINED: dict[str, dict[str, object]] = {
+    "project": {"includeAll": False},
+    "event": {"includeAll": True},
+    "loose": {"includeAll": True, "allValue": ".*"},
+}
 
 
 @pytest.mark.parametrize(
