@@ -39,9 +39,11 @@ through three steps, reproduced here in the same order:
 
 A macro left over after expansion (misspelt), and the SDK's generic ones (``$__timeGroup``,
 ``$__timeFrom``, ``$__table``, ``$__interval``...: not ClickHouse SQL), raise `MacroError`
-rather than reaching ClickHouse. (Older sqlds releases took arguments up to the first closing
-parenthesis and applied macros in random order; nothing in the dashboards depends on the
-difference: their macro arguments are plain column names.)
+rather than reaching ClickHouse. (This is the SDK's current behaviour. Older sqlds releases took
+arguments up to the first closing parenthesis and applied macros in random map order, and one
+intermediate SDK release let an argument-less macro such as ``$__interval_s`` take the next
+parenthesised list *anywhere* after it: the dashboards' ``$__interval_s AS ... $__timeFilter(ts)``
+would lose text there. Compose installs the current plugin, which has neither problem.)
 
 **Why quoting matters, and its limit.** ClickHouse reads backslash escapes inside quoted
 strings, and neither ``singlequote`` nor ``sqlstring`` escapes a backslash: a value ending in
