@@ -1,6 +1,6 @@
 """What unique users cost Grafana: raw ``uniqCombined64`` over the events, or a pre-aggregated table.
 
-    PYTHONPATH=. .venv/bin/python -m tests.grafana_uniques_cost [--rows 1000000] [--users 20000] [--runs 7]
+    .venv/bin/python bench/grafana_uniques.py [--rows 1000000] [--users 20000] [--runs 7]
 
 Grafana cannot merge the rollups' DataSketches sketches, so its unique users come from SQL. Two
 ways were weighed for the Overview dashboard's "unique users per hour":
