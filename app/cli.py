@@ -288,13 +288,28 @@ def migrate(ctx: click.Context) -> None:
         applied = run_migrations(
             client, on_apply=lambda m: click.echo(f"applied {m.version:04d}_{m.name}")
         )
-        created = ensure_tables(client, s.aggregate.rollups)
+        tables = ensure_tables(client, s.aggregate.rollups, legacy_project=s.project_id)
+        mixed = _projects_stored(client) if tables.upgraded else []
     finally:
         client.close()
-    for table in created:
+    for table in tables.created:
         click.echo(f"created rollup table {table}")
-    if not applied and not created:
+    for table in tables.upgraded:
+        click.echo(f"upgraded rollup table {table}: partials are kept per project; the rows"
+                   f" stored before are project {s.project_id!r}'s")
+    if len(mixed) > 1:
+        click.echo(f"warning: events of several projects are stored ({', '.join(mixed[:5])}"
+                   f"{', ...' if len(mixed) > 5 else ''}): rollup rows written before this upgrade"
+                   " may mix them; `rearview verify` shows which windows, rebuild those by replay",
+                   err=True)
+    if not applied and not tables.created and not tables.upgraded:
         click.echo(f"database {s.clickhouse.database} is up to date")
+
+
+def _projects_stored(client: Any) -> list[str]:
+    """Up to 6 of the projects with stored events (only whether there are several matters)."""
+    rows = client.query("SELECT DISTINCT project_id FROM events LIMIT 6").result_rows
+    return sorted(str(r[0]) for r in rows)
 
 
 @cli.command()

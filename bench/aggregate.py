@@ -61,18 +61,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pyarrow as pa  # noqa: E402
+import pyarrow as pa
 
-from agents.records import CleanEvent  # noqa: E402
-from agents.sink import decode_block, encode_blocks, to_arrow  # noqa: E402
-from app.collector.normalize import to_event  # noqa: E402
-from app.embedded.broker import TopicSpec, ensure_topics  # noqa: E402
-from app.embedded.process import ChildProcess, free_port, python_module, tcp_ready  # noqa: E402
-from app.generate import EventGenerator  # noqa: E402
-from tables import hll  # noqa: E402
-from tables.aggregate import Aggregator  # noqa: E402
-from tables.rollups import DEFAULT_ROLLUPS, RollupSpec  # noqa: E402
-from tables.state import PartialState, StateKey  # noqa: E402
+from agents.records import CleanEvent
+from agents.sink import decode_block, encode_blocks, to_arrow
+from app.collector.normalize import to_event
+from app.embedded.broker import TopicSpec, ensure_topics
+from app.embedded.process import ChildProcess, free_port, python_module, tcp_ready
+from app.generate import EventGenerator
+from tables import hll
+from tables.aggregate import Aggregator
+from tables.rollups import DEFAULT_ROLLUPS, RollupSpec
+from tables.state import PartialState, StateKey
 
 START_MS = 1_796_116_500_000
 EVENTS_PER_MESSAGE = 100
@@ -161,7 +161,7 @@ def run_decode(messages: list[tuple[bytes, int, int]]) -> int:
 def _keys(spec: RollupSpec, e: CleanEvent) -> StateKey:
     g = spec.granularity_ms
     props = e["properties"]
-    return StateKey(e["source_partition"], spec.name, e["timestamp"] // g * g,
+    return StateKey(e["source_partition"], e["project_id"], spec.name, e["timestamp"] // g * g,
                     (e["event_name"], *(props.get(k, "") for k in spec.property_keys)))
 
 

@@ -13,6 +13,11 @@ State is kept per events.clean partition (`StateKey.partition`) and merged at qu
 events.clean is partitioned by event_id, so each partition is consumed by one worker, in
 order, and every copy of an event meets the others there (see tables/dedup.py).
 
+Every rollup is kept per project: the event's ``project_id`` is an implicit leading dimension,
+never listed in a spec's ``dimensions``, so a key is (partition, project, rollup, window, dims)
+and two projects' events never meet in one partial. Nothing below depends on what the key is
+made of, only on each row mapping to one key per rollup, so the argument holds per project.
+
 Exactness under at-least-once delivery
 --------------------------------------
 A row's position is (events.clean offset, row index in the message) within its partition.
@@ -32,7 +37,7 @@ the log), so the applied rows are prefix-closed too.
 Claim: after any sequence of crashes (in-memory state lost, every key restored from its last
 flushed bytes, consumption restarting at any offset at or before the last commit, commit =
 offsets consumed before a completed flush), each key holds exactly the distinct rows of its
-(rollup, window, dims), each applied once. Argument:
+(project, rollup, window, dims), each applied once. Argument:
 1. No double count: a key applies positions in strictly increasing order, so never one twice.
 2. No loss without a crash: when row p (of key K) arrives and p <= K.applied_through = q,
    then q was delivered, so by prefix-closedness p was delivered before q and K applied it.
@@ -59,9 +64,12 @@ receive time Rearview stamps, so no producer's clock can move it. Evicting a win
 partition's resident bound for that rollup past it; an event for a window below the bound
 whose state is not in memory makes `apply` ask for it (`MissingStates`), so an all-late import
 costs one batched load per block of windows, never a lost event. ``late`` in `PartialState` is
-kept for the format and is always 0.
+kept for the format and is always 0. The watermark and the resident bounds are per partition
+(and rollup), shared by the projects whose events the partition holds: they only decide what
+stays in memory, so sharing them cannot change what is counted.
 `tests/unit/test_aggregate.py` checks all this with hypothesis (replays, crashes, partial
-flushes, evictions and loads) against applying each distinct event exactly once.
+flushes, evictions and loads, events of several projects mixed) against applying each
+distinct event exactly once.
 """
 
 from __future__ import annotations
@@ -114,6 +122,8 @@ class _Block:
         name = block.column("event_name").combine_chunks()
         if name.null_count:
             raise ValueError(f"clean block has {name.null_count} null event_name values")
+        # A null project groups as "", as the events table stores it (its column is not Nullable).
+        self.project = encode(block.column("project_id").combine_chunks())
         self.dims: dict[str, tuple[np.ndarray, list[str]]] = {"event_name": encode(name)}
         props = Properties(block.column("properties")) if prop_keys or sum_keys else None
         for key in prop_keys:
@@ -130,7 +140,7 @@ class _Block:
 
 @dataclass(slots=True)
 class _Groups:
-    """One rollup's view of a block: rows sorted by (window, dims), one key per group."""
+    """One rollup's view of a block: rows sorted by (window, project, dims), one key per group."""
 
     spec: RollupSpec
     order: np.ndarray
@@ -194,12 +204,15 @@ class Aggregator:
         g = spec.granularity_ms
         window = cols.ts - cols.ts % g
         columns = [cols.dims[d] for d in spec.dimensions]
-        order, bounds = _group(window, g, [codes for codes, _ in columns])
+        project_codes, projects = cols.project
+        order, bounds = _group(window, g, [project_codes, *(codes for codes, _ in columns)])
         starts, ends = bounds[:-1], bounds[1:]
         firsts = order[starts]
+        group_projects = [projects[c] for c in project_codes[firsts].tolist()]
         dim_values = [[values[c] for c in codes[firsts].tolist()] for codes, values in columns]
-        keys = [StateKey(partition, spec.name, w, d)
-                for w, d in zip(window[firsts].tolist(), zip(*dim_values, strict=True), strict=True)]
+        keys = [StateKey(partition, project, spec.name, w, d)
+                for project, w, d in zip(group_projects, window[firsts].tolist(),
+                                         zip(*dim_values, strict=True), strict=True)]
         return _Groups(spec, order, starts.tolist(), ends.tolist(), keys)
 
     def _ensure_resident(self, partition: int, groups: list[_Groups]) -> int:
@@ -365,8 +378,8 @@ class Aggregator:
 
 def _group(window: np.ndarray, granularity_ms: int,
            dims: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(order, bounds): rows sorted by (window, dims) keeping row order inside a group, and
-    the group boundaries in that order (bounds[0] == 0, bounds[-1] == number of rows)."""
+    """(order, bounds): rows sorted by (window, *dims* codes) keeping row order inside a group,
+    and the group boundaries in that order (bounds[0] == 0, bounds[-1] == number of rows)."""
     code = (window - window.min()) // granularity_ms
     cardinality = int(code.max()) + 1
     for codes in dims:

@@ -12,7 +12,9 @@ Fields of `RollupSpec`:
     ClickHouse table (e.g. ``rollup_events_by_name_1m``) and scopes the state keys. Never rename
     a rollup that has data: define a new one (a new name is a new table, rebuilt by replay).
 ``dimensions``
-    Group-by columns, in order. The first is always ``event_name``; the others are property
+    Group-by columns, in order, after the event's project: every rollup is kept per
+    ``project_id``, an implicit leading dimension that is never listed here (and every reader
+    filters one project). The first is always ``event_name``; the others are property
     keys (``country``, ``device_type``, ``browser``, ...) looked up in the event's
     ``properties`` map; an absent key groups as the empty string ``""``. Property keys match
     ``^[A-Za-z_][A-Za-z0-9_]*$`` (at most 64 characters) because each becomes a column.

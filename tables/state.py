@@ -1,9 +1,11 @@
 """The aggregate stage's state: keys, per-partition partial aggregates, and their bytes.
 
-A `StateKey` names one partial aggregate: one rollup, one window, one combination of
-dimension values, as seen by ONE events.clean partition (events.clean is partitioned by
-event_id, so a partition's partials hold distinct events). Partials of the same (rollup, window, dims) from different
-partitions are merged at query time (`merge_partials`, or SQL over the rollup table).
+A `StateKey` names one partial aggregate: one project, one rollup, one window, one combination
+of dimension values, as seen by ONE events.clean partition (events.clean is partitioned by
+event_id, so a partition's partials hold distinct events). The project is an implicit leading
+dimension of every rollup: two projects' events never share a partial. Partials of the same
+(project, rollup, window, dims) from different partitions are merged at query time
+(`merge_partials`, or SQL over the rollup table).
 
 A `PartialState` is small whatever the traffic: a count, exact sums, an HLL sketch, a late
 counter, and two watermarks (see `tables/aggregate.py` for why they make redelivery exact).
@@ -12,6 +14,7 @@ counter, and two watermarks (see `tables/aggregate.py` for why they make redeliv
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ _FORMAT_VERSION = 1
 _HEADER = struct.Struct("<BBqqqqqqH")
 _FLAG_SKETCH = 1
 _SUM_BYTES = 16  # signed 128-bit little-endian micro-units
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def _escape(part: str) -> str:
@@ -58,32 +62,41 @@ def _split_escaped(text: str) -> list[str]:
 
 
 class StateKey(NamedTuple):
-    """One partial aggregate: (source partition, rollup name, window start, dimension values).
+    """One partial aggregate: (source partition, project, rollup name, window start, dimension
+    values).
 
-    ``dims`` holds the values of the rollup's dimensions in order (event_name first); a
-    property that was absent is ``""``. A NamedTuple: hashing it is a tuple hash (fast).
+    ``project_id`` is the events' own project (the collector stamps it, a service writing to
+    Kafka sets it). ``dims`` holds the values of the rollup's dimensions in order (event_name
+    first); a property that was absent is ``""``. A NamedTuple: hashing it is a tuple hash.
     """
 
     partition: int
+    project_id: str
     rollup: str
     window_start_ms: int
     dims: tuple[str, ...]
 
     def to_str(self) -> str:
-        """``partition|rollup|window_start_ms|dim1|dim2...``, with ``\\`` and ``|`` inside
-        dimension values escaped by a backslash, so any value round-trips through `parse`."""
-        head = f"{self.partition}|{self.rollup}|{self.window_start_ms}"
-        return "|".join([head, *(_escape(d) for d in self.dims)])
+        """``partition|project|rollup|window_start_ms|dim1|dim2...``, with ``\\`` and ``|``
+        inside the project and dimension values escaped by a backslash, so any value
+        round-trips through `parse`.
+
+        Nothing durable holds this form (the rollup tables store a key as columns): it is for
+        logs, messages and benchmarks. The form before projects,
+        ``partition|rollup|window_start_ms|dims...``, is refused by `parse` rather than read
+        wrongly: its third field is a number, never a rollup name.
+        """
+        head = [str(self.partition), _escape(self.project_id), self.rollup, str(self.window_start_ms)]
+        return "|".join([*head, *(_escape(d) for d in self.dims)])
 
     @classmethod
     def parse(cls, text: str) -> StateKey:
         parts = _split_escaped(text)
-        if len(parts) < 4:
+        if len(parts) >= 4 and _INTEGER.fullmatch(parts[2]):  # a rollup name starts with a letter
+            raise ValueError(f"a state key written before projects (no project field): {text[:80]!r}")
+        if len(parts) < 5 or not _INTEGER.fullmatch(parts[0]) or not _INTEGER.fullmatch(parts[3]):
             raise ValueError(f"not a state key: {text[:80]!r}")
-        try:
-            return cls(int(parts[0]), parts[1], int(parts[2]), tuple(parts[3:]))
-        except ValueError:
-            raise ValueError(f"not a state key: {text[:80]!r}") from None
+        return cls(int(parts[0]), parts[1], parts[2], int(parts[3]), tuple(parts[4:]))
 
 
 @dataclass(slots=True, eq=False)
@@ -169,7 +182,7 @@ class PartialState:
 
 @dataclass(frozen=True, slots=True)
 class Merged:
-    """One (rollup, window, dims) cell merged over partitions: what a query reads."""
+    """One (project, rollup, window, dims) cell merged over partitions: what a query reads."""
 
     count: int
     late: int
@@ -178,18 +191,22 @@ class Merged:
     uniques: float | None
 
 
+Cell = tuple[str, str, int, tuple[str, ...]]  # (project, rollup, window start, dims)
+
+
 def merge_partials(
     items: Iterable[tuple[StateKey, PartialState]], lg_k: int = hll.MAX_LG_K
-) -> dict[tuple[str, int, tuple[str, ...]], Merged]:
-    """Query-time merge of per-partition partials into one cell per (rollup, window, dims).
+) -> dict[Cell, Merged]:
+    """Query-time merge of per-partition partials into one cell per (project, rollup, window,
+    dims).
 
     The pure-Python twin of the ClickHouse query (sum counts and sums, union sketches); used by
     tests and by anything that checks the rollup tables. *lg_k* caps the union's precision
     (the default keeps the precision of the inputs).
     """
-    groups: dict[tuple[str, int, tuple[str, ...]], list[PartialState]] = {}
+    groups: dict[Cell, list[PartialState]] = {}
     for key, state in items:
-        groups.setdefault((key.rollup, key.window_start_ms, key.dims), []).append(state)
+        groups.setdefault((key.project_id, key.rollup, key.window_start_ms, key.dims), []).append(state)
     out = {}
     for cell, states in groups.items():
         sums: dict[str, int] = {}

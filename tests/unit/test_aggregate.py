@@ -38,9 +38,9 @@ SPECS = (
 
 def event(partition: int = 0, offset: int = 0, index: int = 0, *, name: str = "page_view",
           user: str = "u1", ts: int = T0, received: int | None = None, event_id: str | None = None,
-          **props: str) -> CleanEvent:
+          project: str = "default", **props: str) -> CleanEvent:
     return CleanEvent(
-        event_id=event_id or str(uuid.uuid4()), project_id="default", event_name=name, user_id=user,
+        event_id=event_id or str(uuid.uuid4()), project_id=project, event_name=name, user_id=user,
         timestamp=ts, properties=props, ip=None, user_agent=None, library=None,
         received_at=ts if received is None else received, schema_id=1,
         source_partition=partition, source_offset=offset, source_index=index,
@@ -73,14 +73,15 @@ def parse_micros(value: str | None) -> tuple[int, int]:
 
 def brute_force(specs: tuple[RollupSpec, ...],
                 rows: list[tuple[int, CleanEvent]]) -> dict[StateKey, Expected]:
-    """Each (partition, event) once, in the order given, one row at a time."""
+    """Each (partition, event) once, in the order given, one row at a time, keyed by the
+    event's project as an implicit first dimension."""
     out: dict[StateKey, Expected] = {}
     for p, e in rows:
         for spec in specs:
             g = spec.granularity_ms
             start = e["timestamp"] // g * g
             dims = (e["event_name"], *(e["properties"].get(k, "") for k in spec.property_keys))
-            state = out.setdefault(StateKey(p, spec.name, start, dims), Expected(
+            state = out.setdefault(StateKey(p, e["project_id"], spec.name, start, dims), Expected(
                 sum_micros={k: 0 for k in spec.sums}, sketch=hll.new(spec.lg_k) if spec.uniques else None))
             state.count += 1
             if state.sketch is not None:
@@ -115,7 +116,8 @@ def apply_messages(agg: Aggregator, messages: list[tuple[int, int, list[CleanEve
 
 def generated(n: int, partitions: int, seed: int) -> list[tuple[int, int, list[CleanEvent]]]:
     """Messages of several partitions interleaved, offsets increasing per partition, event
-    times out of order (some hours behind), some clients ahead of the collector."""
+    times out of order (some hours behind), some clients ahead of the collector, events of
+    three projects mixed in every message."""
     rng = random.Random(seed)
     offsets = [0] * partitions
     clock = T0
@@ -141,7 +143,8 @@ def generated(n: int, partitions: int, seed: int) -> list[tuple[int, int, list[C
             if rng.random() < 0.2:
                 props["qty"] = str(rng.randint(1, 5))
             events.append(event(name=rng.choice(["page_view", "click", "purchase"]),
-                                user=f"u{rng.randint(0, 400)}", ts=ts, received=clock, **props))
+                                user=f"u{rng.randint(0, 400)}", ts=ts, received=clock,
+                                project=rng.choice(["default", "default", "shop", "a|b"]), **props))
         made += len(events)
         out.append((p, offsets[p], events))
     return out
@@ -162,6 +165,25 @@ def test_matches_a_brute_force_group_by_whatever_the_event_time_order() -> None:
     assert result.skipped == 0 and result.applied == result.rows * len(SPECS)
     assert any(s.sum_errors for s in expected.values())
     assert any(s.sum_micros.get("price") for s in expected.values())
+    assert {k.project_id for k in expected} == {"default", "shop", "a|b"}
+
+
+def test_projects_never_share_a_partial() -> None:
+    """Events of two projects in the same window, with the same dimension values, in one
+    message of one partition: two partials, each with its project's events only."""
+    spec = RollupSpec(name="by_name_1m", uniques=True, sums=("price",))
+    agg = Aggregator([spec])
+    agg.apply(to_arrow([event(project="default", user="a", price="1"),
+                        event(project="shop", user="b", price="10"),
+                        event(project="default", user="c", price="2"),
+                        event(project="shop", user="b", price="20")]), 0, 0)
+    got = {k.project_id: (s.count, s.sums, round(s.uniques or 0), s.applied_through)
+           for k, s in agg.states().items()}
+    assert got == {"default": (2, {"price": 3.0}, 2, (0, 2)), "shop": (2, {"price": 30.0}, 1, (0, 3))}
+    assert {k._replace(project_id="") for k in agg.states()} == {StateKey(0, "", "by_name_1m", T0, ("page_view",))}
+    # A redelivery applies nothing to either project's partial.
+    again = agg.apply(to_arrow([event(project="shop"), event(project="default")]), 0, 0, index=[1, 2])
+    assert (again.applied, again.skipped) == (0, 2)
 
 
 def test_a_whole_redelivered_stream_changes_nothing() -> None:
@@ -182,7 +204,7 @@ def test_a_redelivered_message_applies_only_the_rows_not_applied_yet() -> None:
     agg.apply(to_arrow(events[:4]), 0, 5, index=[0, 1, 2, 3])
     result = agg.apply(to_arrow(events), 0, 5)
     assert (result.applied, result.skipped) == (6, 4)
-    state = agg.get(StateKey(0, "events_by_name_1m", T0, ("page_view",)))
+    state = agg.get(StateKey(0, "default", "events_by_name_1m", T0, ("page_view",)))
     assert state is not None and state.count == 10 and state.applied_through == (5, 9)
     with pytest.raises(ValueError, match="strictly increasing"):
         agg.apply(to_arrow(events[:2]), 0, 6, index=[1, 1])
@@ -228,7 +250,7 @@ def test_evicted_windows_are_loaded_back_for_a_late_event_and_applied_once() -> 
     late = to_arrow([event(ts=T0 + 5, user="c", received=T0 + 4 * MIN)])
     with pytest.raises(MissingStates) as missing:
         agg.apply(late, 0, 2)
-    key = StateKey(0, "by_name_1m", T0, ("page_view",))
+    key = StateKey(0, "default", "by_name_1m", T0, ("page_view",))
     assert missing.value.keys == [key]
     assert agg.get(key) is None, "nothing changed"
     agg.load_stored(key, stored[key])
@@ -246,7 +268,7 @@ def test_evicted_windows_are_loaded_back_for_a_late_event_and_applied_once() -> 
 def test_restore_loads_recent_states_and_asks_for_older_ones() -> None:
     spec = RollupSpec(name="by_name_1m", granularity="minute", allowed_lateness_s=0)
     agg = Aggregator([spec])
-    old, new = (StateKey(0, "by_name_1m", w, ("page_view",)) for w in (T0, T0 + 10 * MIN))
+    old, new = (StateKey(0, "default", "by_name_1m", w, ("page_view",)) for w in (T0, T0 + 10 * MIN))
     data = PartialState(count=4, applied_through=(7, 0), watermark_ms=T0 + 11 * MIN).to_bytes()
     assert agg.restore(0, [(new, data)], {"by_name_1m": T0 + 9 * MIN}) == 1
     assert agg.partition_watermarks() == {0: T0 + 11 * MIN} and agg.dirty() == {}
@@ -257,7 +279,7 @@ def test_restore_loads_recent_states_and_asks_for_older_ones() -> None:
     assert missing.value.keys == [old]
     agg.apply(to_arrow([event(ts=T0 + 20 * MIN)]), 0, 9)  # above the bound: a new window
     with pytest.raises(ValueError, match="not of partition 0"):
-        agg.restore(0, [(StateKey(1, "by_name_1m", T0, ("x",)), data)], {})
+        agg.restore(0, [(StateKey(1, "default", "by_name_1m", T0, ("x",)), data)], {})
 
 
 def test_dimensions_with_missing_and_empty_properties_group_as_empty_string() -> None:
@@ -360,20 +382,31 @@ def test_bad_state_bytes_and_keys_are_refused() -> None:
             PartialState.from_bytes(bad)
     with pytest.raises(ValueError, match="trailing bytes"):
         PartialState.from_bytes(PartialState(count=1).to_bytes() + b"x")
-    with pytest.raises(ValueError, match="not a state key"):
-        StateKey.parse("0|x")
+    for text in ("0|x", "0|default|x|1", "0|default|x|soon|a", "p|default|x|1|a"):
+        with pytest.raises(ValueError, match="not a state key"):
+            StateKey.parse(text)
     with pytest.raises(ValueError, match="lone backslash"):
         StateKey.parse("0|x|1|a\\")
-    assert not Aggregator(SPECS).load_stored(StateKey(0, "removed_rollup", T0, ("x",)), data)
+    assert not Aggregator(SPECS).load_stored(StateKey(0, "default", "removed_rollup", T0, ("x",)), data)
 
 
-@given(st.integers(0, 2**31), st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True),
-       st.integers(-(2**62), 2**62), st.lists(st.text(alphabet="a|\\ é\x00"), min_size=1, max_size=4))
+@given(st.integers(0, 2**31), st.text(alphabet="a1|\\ é\x00-"),
+       st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True),
+       st.integers(-(2**62), 2**62), st.lists(st.text(alphabet="a1|\\ é\x00"), min_size=1, max_size=4))
 def test_state_keys_round_trip_through_their_string_form(
-    p: int, rollup: str, start: int, dims: list[str]
+    p: int, project: str, rollup: str, start: int, dims: list[str]
 ) -> None:
-    key = StateKey(p, rollup, start, tuple(dims))
+    key = StateKey(p, project, rollup, start, tuple(dims))
     assert StateKey.parse(key.to_str()) == key
+
+
+@pytest.mark.parametrize("text", ["3|events_by_name_1m|1796116500000|page_view",
+                                  "3|events_by_name_1m|1796116500000|42|DE"])
+def test_a_state_key_written_before_projects_is_refused_not_misread(text: str) -> None:
+    with pytest.raises(ValueError, match="before projects"):
+        StateKey.parse(text)
+    assert StateKey.parse("3|default|events_by_name_1m|1796116500000|42|DE") == StateKey(
+        3, "default", "events_by_name_1m", 1_796_116_500_000, ("42", "DE"))
 
 
 def test_drop_partition_forgets_only_that_partition() -> None:
@@ -419,6 +452,7 @@ def test_malformed_blocks_raise_value_error_and_change_nothing() -> None:
 # --------------------------------------------------------------------------- the store, as a model
 
 NAMES = ["a", "b"]
+PROJECTS = ["default", "shop", "default"]
 COUNTRIES = ["DE", "US", None]
 PRICES = ["1.5", "2", "x", None]
 @st.composite
@@ -427,8 +461,9 @@ def partition_log(draw: st.DrawFn, partition: int) -> list[tuple[int, list[Clean
 
     Offsets may skip (dead-lettered blocks). Event ids come from a small pool, so a message
     may resend events of earlier ones (client retries, the same event over HTTP and Kafka),
-    sometimes with other content (the first copy must win). Event times jump back by hours.
-    Every copy of an id is in the same partition, as `event_partition` makes it.
+    sometimes with other content, their project included (the first copy must win). Events of
+    several projects are mixed in a message. Event times jump back by hours. Every copy of an
+    id is in the same partition, as `event_partition` makes it.
     """
     ids = [str(uuid.UUID(int=(partition << 64) | i)) for i in range(40)]
     log = []
@@ -442,6 +477,7 @@ def partition_log(draw: st.DrawFn, partition: int) -> list[tuple[int, list[Clean
             late = draw(st.sampled_from([0, 0, 0, 90_000, 200_000, 3 * HOUR]))
             events.append(event(event_id=draw(st.sampled_from(ids)), name=draw(st.sampled_from(NAMES)),
                                 user=f"u{draw(st.integers(0, 12))}", ts=clock - late, received=clock,
+                                project=draw(st.sampled_from(PROJECTS)),
                                 **{k: v for k, v in props.items() if v is not None}))  # type: ignore[arg-type]
         log.append((offset, events))
         offset += draw(st.integers(1, 2))
@@ -464,7 +500,8 @@ def scenario(draw: st.DrawFn) -> tuple[list[list[tuple[int, list[CleanEvent]]]],
 
 
 def first_copies(logs: list[list[tuple[int, list[CleanEvent]]]]) -> list[tuple[int, CleanEvent]]:
-    """What must be counted: per partition, the first copy of each event id, in log order."""
+    """What must be counted: per partition, the first copy of each event id, in log order,
+    in its own project (a later copy naming another project changes nothing)."""
     out = []
     for p, log in enumerate(logs):
         seen: set[str] = set()
@@ -582,12 +619,15 @@ class Store:
 @given(scenario(), st.integers(0, 2**32))
 def test_each_event_counted_once_under_resends_replays_crashes_and_evictions(data: tuple, seed: int) -> None:
     """Counts, sums and HLL estimates in the rollup tables equal applying the first copy of
-    each event once, in log order; the events table holds exactly the first copies."""
+    each event once, in log order, to its own project's partials; the events table holds
+    exactly the first copies."""
     logs, steps = data
     store = Store(LATENESS_SPECS, logs, random.Random(seed))
     store.run(steps)
     want = first_copies(logs)
     expected = brute_force(LATENESS_SPECS, want)
+    projects = {e["project_id"] for _, e in want}
+    assert {k.project_id for k in store.rollups} == projects
     assert_same({k: PartialState.from_bytes(d) for k, d in store.rollups.items()}, expected)
     assert set(store.events) == {e["event_id"] for _, e in want}
     merged = merge_partials(sorted((k, PartialState.from_bytes(d)) for k, d in store.rollups.items()))
