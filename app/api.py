@@ -221,7 +221,7 @@ async def live_now(request: web.Request) -> web.Response:
     spec = live_rollup(request.app[SETTINGS].aggregate.rollups)
     lazy = request.app[CH_CLIENT]
     try:
-        result = await asyncio.to_thread(lambda: live(lazy.get(), spec))
+        result = await asyncio.to_thread(lambda: live(lazy.get(), spec, request.app[SETTINGS].project_id))
     except Exception as exc:
         raise ServiceUnavailable(f"ClickHouse query failed: {exc}") from exc
     return _json({"active_users": result.active_users, "events_this_minute": result.events_this_minute,

@@ -314,36 +314,47 @@ def _projects_stored(client: Any) -> list[str]:
 
 @cli.command()
 @click.option("--show", type=int, default=20, show_default=True, help="Cells to print per rollup.")
+@click.option("--project", default=None, help="Verify this project only [every project].")
 @click.pass_context
-def verify(ctx: click.Context, show: int) -> None:
-    """Check every rollup against a GROUP BY over the raw events.
+def verify(ctx: click.Context, show: int, project: str | None) -> None:
+    """Check every rollup against a GROUP BY over the raw events, project by project.
 
     Exit 0: exact. Exit 2: incomplete (windows miss events: not applied yet, or to rebuild by
     replay). Exit 1: differs (a rollup counts more than the raw events: a bug).
     """
     from app.clickhouse import connect
-    from app.verify import EXIT_CODES, overall
+    from app.verify import EXIT_CODES, overall, projects
     from app.verify import verify as run_verify
 
     s = _settings(ctx)
     client = connect(s.clickhouse)
     try:
-        reports = run_verify(client, s.aggregate.rollups)
+        reports = run_verify(client, s.aggregate.rollups, project)
     finally:
         client.close()
-    for r in reports:
-        line = (f"{r.rollup}: {r.verdict}: {r.cells} cells, {r.rollup_events} of {r.raw_events}"
-                f" raw events")
-        if r.missing:
-            line += f", {len(r.missing)} cells miss {r.missing_events} events"
-        if r.excess:
-            line += f", {len(r.excess)} cells count {sum(d.rollup_count - d.raw_count for d in r.excess)} too many"
-        if r.max_uniques_error is not None:
-            line += f", uniques max error {r.max_uniques_error:.2%} over {r.estimating_cells} estimated cells"
-        click.echo(line)
-        for d in (r.excess + r.missing)[:show]:
-            click.echo(f"  {d.window_start:%Y-%m-%d %H:%M} {'/'.join(d.dims)}: rollup {d.rollup_count},"
-                       f" raw {d.raw_count}")
+    covered = projects(reports)
+    if not covered:
+        click.echo("nothing to verify: no events and no rollup rows")
+    # One project (the usual deployment): the rollups alone; several: grouped by project.
+    grouped = len(covered) > 1 or project is not None
+    indent = "  " if grouped else ""
+    for name in covered:
+        mine = [r for r in reports if r.project_id == name]
+        if grouped:
+            click.echo(f"project {name}: {overall(mine)}")
+        for r in mine:
+            line = (f"{indent}{r.rollup}: {r.verdict}: {r.cells} cells, {r.rollup_events} of"
+                    f" {r.raw_events} raw events")
+            if r.missing:
+                line += f", {len(r.missing)} cells miss {r.missing_events} events"
+            if r.excess:
+                line += f", {len(r.excess)} cells count {sum(d.rollup_count - d.raw_count for d in r.excess)} too many"
+            if r.max_uniques_error is not None:
+                line += f", uniques max error {r.max_uniques_error:.2%} over {r.estimating_cells} estimated cells"
+            click.echo(line)
+            for d in (r.excess + r.missing)[:show]:
+                click.echo(f"{indent}  {d.window_start:%Y-%m-%d %H:%M} {'/'.join(d.dims)}: rollup {d.rollup_count},"
+                           f" raw {d.raw_count}")
     verdict = overall(reports)
     click.echo(verdict)
     sys.exit(EXIT_CODES[verdict])

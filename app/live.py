@@ -1,14 +1,17 @@
-""""Online now": live figures from the rollups the worker upserts every second.
+""""Online now": live figures of one project from the rollups the worker upserts every second.
 
 - active users over the last 1, 5 and 15 minutes: the union of the per-minute HLL sketches of
-  the live rollup (every partition, every event name) whose windows overlap the period;
+  the live rollup (the project's partials of every partition and event name) whose windows
+  overlap the period;
 - events in the current minute, and the top events over the last 5 minutes, from its counts.
 
 Minute windows are aligned to the clock, so "the last minute" is the current minute window and
 the one before it (up to two minutes of events); windows after the current minute (clients
-with clocks ahead) are not "now". The SQL views `live_now` and `top_events_now` use the very
-same windows over the raw events, so both give the same figures (uniques within HLL error). Freshness is the worker's flush interval plus
-the insert: about 1-2 s behind the collector.
+with clocks ahead) are not "now". The SQL views `live_now_by_project` and
+`top_events_now_by_project` use the very same windows over the raw events, so both give the
+same figures for a project (uniques within HLL error); `live_now` and `top_events_now` are
+every project together. Freshness is the worker's flush interval plus the insert: about 1-2 s
+behind the collector.
 """
 
 from __future__ import annotations
@@ -43,15 +46,17 @@ class Live:
     as_of: str
 
 
-def live(client: Client, spec: RollupSpec) -> Live:
+def live(client: Client, spec: RollupSpec, project_id: str) -> Live:
+    """The live figures of *project_id* (events of other projects are not seen)."""
     table = table_name(spec)
     rows = client.query(
         "SELECT dateDiff('minute', window_start, toStartOfMinute(now())) AS age, `event_name`,"
         f" sum(count), groupArray(base64Encode(sketch)) FROM `{table}` FINAL"
-        " WHERE window_start >= toStartOfMinute(now()) - INTERVAL {n:UInt32} MINUTE"
+        " WHERE project_id = {project:String}"
+        " AND window_start >= toStartOfMinute(now()) - INTERVAL {n:UInt32} MINUTE"
         " AND window_start <= toStartOfMinute(now())"
         " GROUP BY age, `event_name`",
-        parameters={"n": max(PERIODS_MIN)},
+        parameters={"n": max(PERIODS_MIN), "project": project_id},
     ).result_rows
     as_of = client.query("SELECT toString(now64(3))").result_rows[0][0]
     active: dict[str, float] = {}

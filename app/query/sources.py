@@ -11,7 +11,8 @@ Rollups are exact (see tables/aggregate.py), so a covered request gets the same 
 the rollup as from the events table, only faster. Among the rollups that cover a request the
 planner takes the coarsest, then the one with the fewest dimensions.
 
-Rollups have no project column: routing assumes one project per deployment, as today.
+Both sources read the request's project only: the events by their ``project_id``, a rollup by
+its partials' ``project_id`` (every rollup is kept per project, see tables/aggregate.py).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def rollup_source(spec: RollupSpec, common: Common, params: Params) -> Source:
         return f"`{name}`"
 
     where = [
+        f"project_id = {params.bind(common.project_id, 'String')}",
         f"window_start >= toDateTime({params.bind(epoch_s(common.range.start), 'Int64')}, 'UTC')",
         f"window_start < toDateTime({params.bind(epoch_s(common.range.end), 'Int64')}, 'UTC')",
     ]

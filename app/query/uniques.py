@@ -1,7 +1,7 @@
 """Distinct users over a range: exact, or estimated from HLL sketches.
 
 ``exact`` counts with `uniqExact` over the events. ``hll`` unions the DataSketches HLL sketches
-of a rollup with uniques when one covers the request (its dimensions hold the filters, the
+of a rollup with uniques (the request's project's partials) when one covers the request (its dimensions hold the filters, the
 range falls on its windows) and the union reads at most `MAX_SKETCHES` sketches; otherwise
 it asks ClickHouse's `uniqCombined` over the events. `meta` names the method and its
 standard error (about 1.04 / sqrt(2**lg_k)).
@@ -78,6 +78,7 @@ def _from_sketches(reader: Reader, spec: RollupSpec, q: Uniques) -> Answer | Non
         return f"`{d.rollup_column(spec.dimensions)}`"
 
     where = [
+        f"project_id = {params.bind(common.project_id, 'String')}",
         f"window_start >= toDateTime({params.bind(epoch_s(common.range.start), 'Int64')}, 'UTC')",
         f"window_start < toDateTime({params.bind(epoch_s(common.range.end), 'Int64')}, 'UTC')",
         "sketch != ''",

@@ -208,9 +208,9 @@ def test_verify_tells_exact_incomplete_and_differs_apart(pipeline: Pipeline) -> 
     assert "1 cells miss 3 events" in incomplete.stdout
     # A partial counted twice (a bug): the rollup has more than the raw events.
     pipeline.ch.command(
-        "INSERT INTO rollup_events_by_name_1m (window_start, event_name, partition, count, late,"
-        " sum_errors, sketch, version, state)"
-        " SELECT window_start, event_name, partition + 100, count, 0, 0, '', 1, ''"
+        "INSERT INTO rollup_events_by_name_1m (project_id, window_start, event_name, partition, count,"
+        " late, sum_errors, sketch, version, state)"
+        " SELECT project_id, window_start, event_name, partition + 100, count, 0, 0, '', 1, ''"
         " FROM rollup_events_by_name_1m FINAL LIMIT 1")
     differs = run()
     assert differs.returncode == 1 and differs.stdout.strip().endswith("differs"), differs.stdout
