@@ -134,7 +134,7 @@ class Stack:
                 f"\nRearview is up.\n"
                 f"  dashboard    {self.api_url}/\n"
                 f"  collector    POST {self.api_url}/v1/track, {self.api_url}/v1/batch\n"
-                f"  query        {self.api_url}/v1/events/count\n"
+                f"  query        POST {self.api_url}/v1/query  (docs/query.md; {self.api_url}/openapi.json)\n"
                 f"  kafka        {self.host}:{self.broker_port}\n"
                 f"  registry     http://{self.host}:{self.registry_port}\n"
                 f"  clickhouse   http://{self.host}:{self.clickhouse_port}\n"

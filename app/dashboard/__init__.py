@@ -22,6 +22,7 @@ import hashlib
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -93,3 +94,34 @@ def add_routes(app: web.Application, settings: Settings) -> None:
         app.router.add_get(page.path, handler)
     app.router.add_get("/static/{path:.+}", _static)
     pipeline_health.add_routes(app, settings)
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The OpenAPI path items of the routes `add_routes` registers (app/openapi.py adds them)."""
+    error = {"$ref": "#/components/schemas/Error"}
+    html = {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+    paths: dict[str, Any] = {
+        page.path: {"get": {"summary": f"Dashboard: {page.title}", "tags": ["service"],
+                            "operationId": f"dashboard{page.title}", "responses": {"200": html}}}
+        for page in PAGES
+    }
+    paths["/static/{path}"] = {"get": {
+        "summary": "The dashboard's scripts, stylesheet and vendored Apache ECharts",
+        "tags": ["service"], "operationId": "dashboardStatic",
+        "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "The file (revalidated on each load: `Cache-Control: no-cache`).",
+                    "content": {"*/*": {"schema": {"type": "string"}}}},
+            "404": {"description": "No such file.", "content": {"application/json": {"schema": error}}},
+        },
+    }}
+    paths["/v1/pipeline"] = {"get": {
+        "summary": "Pipeline health",
+        "description": "Dead letters per minute by error class (the dlq table), consumer lag and"
+                       " redactions by detector (each worker's /metrics). A worker or ClickHouse"
+                       " that cannot be read is reported in the answer: never a 500.",
+        "tags": ["service"], "operationId": "pipelineHealth",
+        "responses": {"200": {"description": "app/dashboard/pipeline_health.py gives the shape.",
+                              "content": {"application/json": {"schema": pipeline_health.SCHEMA}}}},
+    }}
+    return paths

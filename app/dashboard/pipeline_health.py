@@ -200,6 +200,45 @@ def summary(workers: list[dict[str, Any]], dlq: dict[str, Any]) -> dict[str, Any
     }
 
 
+def _object(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties), **extra}
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+_NULLABLE_COUNT = {"type": ["integer", "null"], "minimum": 0}
+_TEXT = {"type": "string"}
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_PARTITION = {"type": ["integer", "string"]}
+
+# The JSON Schema of the answer (GET /openapi.json documents the endpoint with it).
+SCHEMA: dict[str, Any] = _object({
+    "as_of": _TEXT,
+    "dead_letters": _object({
+        "error": _NULLABLE_TEXT,
+        "minutes": {"type": "array", "items": _TEXT},
+        "by_error_class": {"type": "object", "additionalProperties": {"type": "array", "items": _COUNT}},
+        "classes": {"type": "array", "items": _object({"error_class": _TEXT, "stage": _TEXT, "letters": _COUNT})},
+        "total": _NULLABLE_COUNT,
+    }),
+    "workers": {"type": "array", "items": _object({
+        "url": _TEXT, "reachable": {"type": "boolean"}, "error": _NULLABLE_TEXT,
+        "consumer_lag": {"type": "array", "items": _object({"topic": _TEXT, "partition": _PARTITION, "lag": _COUNT})},
+        "redactions": {"type": "object", "additionalProperties": _COUNT},
+        "events_validated": _NULLABLE_COUNT,
+        "dead_letters": _NULLABLE_COUNT,
+    })},
+    "workers_reachable": _COUNT,
+    "workers_total": _COUNT,
+    "consumer_lag": _object({
+        "total": _COUNT,
+        "partitions": {"type": "array", "items": _object(
+            {"worker": _TEXT, "topic": _TEXT, "partition": _PARTITION, "lag": _COUNT})},
+    }),
+    "redactions": {"type": "array", "items": _object({"detector": _TEXT, "count": _COUNT})},
+    "elapsed_ms": {"type": "number"},
+})
+
+
 class Sources:
     """What the endpoint reads: a ClickHouse client made on first use, an HTTP session."""
 

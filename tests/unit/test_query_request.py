@@ -147,3 +147,76 @@ def test_user_values_reach_the_sql_only_as_parameters() -> None:
     assert list(params.values.values()).count(hostile) == 1
     assert params.values[next(k for k, v in params.values.items() if v == "plan")] == "plan"
     assert "a.b" in params.values.values()  # a property key is a parameter too
+
+
+# --- rollup routing ------------------------------------------------------------------------
+
+def _route(body: dict) -> tuple[str | None, str]:
+    from app.query.sources import choose
+    from app.query.timerange import buckets as bucket_list
+    from tables.rollups import DEFAULT_ROLLUPS, RollupSpec
+
+    specs = [*DEFAULT_ROLLUPS, RollupSpec(name="sales_1h", dimensions=("event_name", "country", "plan"),
+                                          granularity="hour", sums=("price",))]
+    q = _parse(body)
+    common = q.common  # type: ignore[attr-defined]
+    dims = common.dimensions() | set(getattr(q, "dimensions", ()))
+    for s in getattr(q, "series", ()):
+        dims |= s.dimensions()
+    interval = getattr(q, "interval", None)
+    starts = bucket_list(common.range.start, common.range.end, interval, common.tz, 10_000) if interval else []
+    spec, why = choose(specs, common, dims, q.metrics, starts)  # type: ignore[attr-defined]
+    return (spec.name if spec else None), why
+
+
+@pytest.mark.parametrize(
+    ("body", "rollup"),
+    [
+        # Coarsest first: an hour rollup serves days in Berlin (whole-hour offsets)...
+        ({"kind": "timeseries", "events": ["buy"], "timezone": "Europe/Berlin"}, "uniques_by_name_1h"),
+        # ... but not in Kolkata (UTC+5:30): its days start on the half hour.
+        ({"kind": "timeseries", "events": ["buy"], "timezone": "Asia/Kolkata"}, "events_by_name_1m"),
+        ({"kind": "breakdown", "dimensions": ["country", "device_type"]}, "events_by_name_country_device_1m"),
+        ({"kind": "breakdown", "dimensions": ["prop:plan"], "metrics": ["sum:price"]}, "sales_1h"),
+        ({"kind": "timeseries", "series": [{"event": "buy", "filters": ["is", "prop:plan", ["pro"]]}]},
+         "sales_1h"),
+        # Exact users, averages, a property no rollup keeps, a range off the minute: raw events.
+        ({"kind": "timeseries", "metrics": ["users"]}, None),
+        ({"kind": "breakdown", "dimensions": ["country"], "metrics": ["avg:price"]}, None),
+        ({"kind": "breakdown", "dimensions": ["browser"]}, None),
+        ({"kind": "timeseries", "interval": "minute",
+          "date_range": ["2026-06-10T10:00:30", "2026-06-10T11:00:00"]}, None),
+        ({"kind": "timeseries", "source": "events"}, None),
+    ],
+)
+def test_the_planner_takes_the_coarsest_rollup_that_covers_the_query(body: dict, rollup: str | None) -> None:
+    chosen, why = _route(body)
+    assert chosen == rollup, why
+    if rollup is None:
+        assert why  # the answer says why no rollup served it
+
+
+def test_source_rollup_refuses_a_query_no_rollup_covers() -> None:
+    with pytest.raises(BadQuery) as info:
+        _route({"kind": "breakdown", "dimensions": ["browser"], "source": "rollup"})
+    assert info.value.field == "source" and "browser" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "timeseries", "events": ["a", "b"], "metrics": ["events", "sum:price"], "date_range": "7d",
+         "timezone": "America/New_York", "filters": ["not", ["is_set", "prop:plan"]]},
+        {"kind": "breakdown", "dimensions": ["country", "prop:plan"], "limit": 5, "interval": "day",
+         "order_by": ["users", "asc"], "metrics": ["users"]},
+        {"kind": "funnel", "steps": ["a", {"event": "b", "filters": ["gt", "prop:n", [3]]}],
+         "window": "2h", "order": "strict", "breakdown": "browser"},
+        {"kind": "retention", "start_event": "a", "period": "week", "periods": 4, "cohort": "recurring"},
+        {"kind": "uniques", "events": ["a"], "method": "hll", "date_range": "24h"},
+    ],
+)
+def test_the_echoed_query_can_be_sent_again_and_means_the_same(body: dict) -> None:
+    """An answer's `query` is itself a request for the same answer, whatever the clock then."""
+    echoed = _parse(body).to_dict()  # type: ignore[attr-defined]
+    later = parse(echoed, Defaults(), NOW + timedelta(days=3))
+    assert later.to_dict() == echoed  # type: ignore[attr-defined]
