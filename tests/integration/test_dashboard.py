@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
+from app.dashboard import pipeline_health
 from app.generate import EventGenerator
 from tests.integration.conftest import Pipeline, Services, make_pipeline, wait_for
 
@@ -412,6 +414,7 @@ def test_the_live_page_updates_itself_when_events_arrive(tab: Tab, dash: Dashboa
     tab.ready("minutes", "live", "pipeline")
     # Pipeline health: the worker answers; the undecodable messages and the email are shown.
     health = tab.rv("rv.answers.pipeline")
+    jsonschema.validate(health, pipeline_health.SCHEMA)
     assert health["workers_reachable"] == 1
     assert health["dead_letters"]["total"] >= len(BAD_DATA)
     assert {r["detector"]: r["count"] for r in health["redactions"]}.get("email", 0) >= 1

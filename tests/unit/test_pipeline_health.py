@@ -3,6 +3,7 @@ and ClickHouse it observes are down (a 200 saying so, never a 500)."""
 
 from __future__ import annotations
 
+import jsonschema
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -67,3 +68,4 @@ async def test_a_worker_and_clickhouse_that_do_not_answer_are_reported_not_a_500
     assert body["consumer_lag"] == {"total": 0, "partitions": []}
     assert body["dead_letters"]["error"].startswith("the dlq table could not be read")
     assert body["dead_letters"]["total"] is None
+    jsonschema.validate(body, pipeline_health.SCHEMA)  # what GET /openapi.json says it answers

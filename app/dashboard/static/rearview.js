@@ -105,7 +105,8 @@ export async function dimensionOptions(event) {
   const props = await discovery.properties(event || null);
   const out = [{ value: "event_name", label: "event name" }];
   for (const p of props) {
-    if (p.dimension !== "event_name") out.push({ value: p.property, label: `${fmt(p.count)} events` });
+    // A key queries cannot name (dimension null) is not offered.
+    if (p.dimension && p.dimension !== "event_name") out.push({ value: p.property, label: `${fmt(p.count)} events` });
   }
   return out;
 }
