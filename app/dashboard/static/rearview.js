@@ -258,7 +258,6 @@ export const RANGES = [
   ["24h", "Last 24 hours"], ["today", "Today"], ["yesterday", "Yesterday"], ["7d", "Last 7 days"],
   ["30d", "Last 30 days"], ["3mo", "Last 3 months"], ["custom", "Custom dates…"],
 ];
-export const INTERVALS = ["minute", "hour", "day", "week", "month"];
 export const SUGGESTED_INTERVAL = {
   "30min": "minute", "60min": "minute", "6h": "hour", "24h": "hour", today: "hour",
   yesterday: "hour", "7d": "day", "30d": "day", "3mo": "week", custom: "day",
