@@ -117,9 +117,10 @@ class Pipeline:
         self.urls[name] = f"http://{HOST}:{port}"
         return child
 
-    def start_api(self, grpc_port: int | None = None) -> str:
-        """Start an API; its gRPC port is *grpc_port* or a free one (in ``urls["api_grpc"]``)."""
-        port = free_port()
+    def start_api(self, grpc_port: int | None = None, port: int | None = None) -> str:
+        """Start an API on *port* (default: a free one); its gRPC port is *grpc_port* or a free
+        one (in ``urls["api_grpc"]``)."""
+        port = free_port() if port is None else port
         grpc_port = free_port() if grpc_port is None else grpc_port
         url = f"http://{HOST}:{port}"
         child = _start(f"api-{self.settings.worker.app_id}",
