@@ -183,6 +183,8 @@ PATHS = ("http-json", "http-gzip", "grpc-batch", "http-track", "grpc-track")
 
 
 def part1(args: argparse.Namespace, tmp: Path) -> dict[str, list[tuple[float, float, float]]]:
+    if not args.paths:
+        return {}
     base = Settings()
     bport, rport, aport, gport = (free_port() for _ in range(4))
     settings = base.model_copy(update={
@@ -199,7 +201,7 @@ def part1(args: argparse.Namespace, tmp: Path) -> dict[str, list[tuple[float, fl
         child.wait_ready(90)
         return child
 
-    results: dict[str, list[tuple[float, float, float]]] = {p: [] for p in PATHS}
+    results: dict[str, list[tuple[float, float, float]]] = {p: [] for p in args.paths.split(",")}
     try:
         start("broker", python_module("app.cli", "broker", "--host", HOST, "--port", str(bport)),
               tcp_ready(HOST, bport))
@@ -214,7 +216,7 @@ def part1(args: argparse.Namespace, tmp: Path) -> dict[str, list[tuple[float, fl
         urls, targets = [f"http://{HOST}:{aport}"], [f"{HOST}:{gport}"]
         send("http-json", urls, targets, build("http-json", events(2000, 99)), args.concurrency)  # warm-up
         for run in range(args.runs):
-            for i, path in enumerate(PATHS):
+            for i, path in enumerate(args.paths.split(",")):
                 n = args.events if "batch" in path or "json" in path or "gzip" in path else args.events // 10
                 reqs = build(path, events(n, 1000 * run + i))
                 spy = _profile(args.profile, path, api.pid) if run == 0 else None
@@ -244,7 +246,7 @@ def _profile(out: str | None, path: str, pid: int) -> subprocess.Popen[bytes] | 
 
 # -- part 2 ------------------------------------------------------------------------------------
 
-def part2(args: argparse.Namespace, tmp: Path) -> tuple[int, float, float] | None:
+def part2(args: argparse.Namespace, tmp: Path) -> tuple[int, float, float, dict[str, float]] | None:
     if args.e2e_events <= 0:
         return None
     stack = Stack(Settings(), HOST, tmp / "stack", free_ports=True)
@@ -260,6 +262,8 @@ def part2(args: argparse.Namespace, tmp: Path) -> tuple[int, float, float] | Non
         second.wait_ready(90)
         ch = clickhouse.connect(stack.settings.clickhouse)
         reqs = build("grpc-batch", events(args.e2e_events, 7))
+        procs = {c.name: c.pid for c in stack.children if c.pid is not None and c.alive()}
+        cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
         started = time.monotonic()
         done, secs = send("grpc-batch", [], [f"{HOST}:{stack.grpc_port}", f"{HOST}:{gport}"], reqs,
                           args.concurrency)
@@ -270,7 +274,8 @@ def part2(args: argparse.Namespace, tmp: Path) -> tuple[int, float, float] | Non
             time.sleep(0.1)
         total = time.monotonic() - started
         ch.close()
-        return done, secs, total
+        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in procs.items()}
+        return done, secs, total, cpu
     finally:
         stack.stop()
 
@@ -280,26 +285,33 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="events per batched path and run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument("--batch", type=int, default=100, help="events per batched request")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"part 1 paths, of {','.join(PATHS)}; empty skips part 1")
     parser.add_argument("--e2e-events", type=int, default=300_000, help="part 2; 0 skips it")
     parser.add_argument("--profile", default=None, help="directory for py-spy flame graphs")
     args = parser.parse_args()
+    global BATCH
+    BATCH = args.batch
 
     with tempfile.TemporaryDirectory() as tmp:
         results = part1(args, Path(tmp))
         e2e = part2(args, Path(tmp))
 
     print()
-    print(f"one API process, median of {args.runs} runs ({args.concurrency} requests in flight):")
+    print(f"one API process, median of {args.runs} runs ({args.concurrency} requests in flight,"
+          f" {BATCH} events a batch):")
     print(f"{'path':<12}{'events/s':>10}{'events/API CPU-s':>18}{'API cores busy':>16}")
     for path, rs in results.items():
         if rs:
             print(f"{path:<12}{statistics.median(r[0] for r in rs):>10,.0f}"
                   f"{statistics.median(r[1] for r in rs):>18,.0f}{statistics.median(r[2] for r in rs):>16.2f}")
     if e2e:
-        done, secs, total = e2e
+        done, secs, total, cpu = e2e
         print(f"\nend to end, two API processes + one worker (grpc-batch): {done:,} events sent in"
               f" {secs:.1f}s ({done / secs:,.0f}/s), all queryable after {total:.1f}s:"
               f" {done / total:,.0f} events/s sustained")
+        print("CPU seconds meanwhile: " + ", ".join(f"{name} {s:.1f}" for name, s in cpu.items()
+                                                     if name != "migrate"))
 
 
 if __name__ == "__main__":
