@@ -256,10 +256,15 @@ async def schema_values(request: web.Request) -> web.Response:
         q.get("limit"))))
 
 
-async def openapi(_request: web.Request) -> web.Response:
-    from app.openapi import document
+OPENAPI = web.AppKey("openapi", bytes)
 
-    return _json(document())
+
+async def openapi(request: web.Request) -> web.Response:
+    if OPENAPI not in request.app:
+        from app.openapi import document
+
+        request.app[OPENAPI] = orjson.dumps(document(request.app[SETTINGS]))
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:

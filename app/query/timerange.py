@@ -15,7 +15,9 @@ current one to date:
                               the current one included: "7d" is six whole days and today
     all                       1970-01-01 to the end of today (capped by the data, see below)
 
-An absolute range is two strings. Dates (``2026-03-01``) are whole local days, both included;
+An absolute range is two strings, or the normalized form an answer echoes
+(``{"from": ..., "to": ...}``, instants with offsets: the same range again, whatever the
+clock). Two strings: Dates (``2026-03-01``) are whole local days, both included;
 date-times (``2026-03-01T10:00``) are instants, the end excluded, in the request's timezone
 unless they carry an offset.
 """
@@ -165,6 +167,18 @@ def resolve(value: object, tz: ZoneInfo, now: datetime, field: str = "date_range
             return TimeRange(step(current, unit, tz, -(n - 1)), step(current, unit, tz), value)
         except (OverflowError, ValueError):
             raise RangeError(f"{field} {value!r} reaches before the year 1") from None
+    if isinstance(value, dict) and isinstance(value.get("from"), str) and isinstance(value.get("to"), str):
+        start = _parse_point(value["from"], tz, f"{field}.from", end=False)
+        stop = _parse_point(value["to"], tz, f"{field}.to", end=False)
+        if start.timestamp() >= stop.timestamp():
+            raise RangeError(f"{field}: from must be before to")
+        if start.timestamp() < 0:
+            raise RangeError(f"{field}: the start must be in 1970 or later")
+        given = value.get("given")
+        if not (isinstance(given, str) and len(given) <= 40 or isinstance(given, list)
+                and len(given) == 2 and all(isinstance(g, str) and len(g) <= 40 for g in given)):
+            given = [value["from"], value["to"]]
+        return TimeRange(start, stop, given)
     if isinstance(value, (list, tuple)) and len(value) == 2:
         start = _parse_point(value[0], tz, f"{field}[0]", end=False)
         stop = _parse_point(value[1], tz, f"{field}[1]", end=True)
@@ -174,7 +188,8 @@ def resolve(value: object, tz: ZoneInfo, now: datetime, field: str = "date_range
             raise RangeError(f"{field}: the start must be in 1970 or later")
         return TimeRange(start, stop, [str(value[0]), str(value[1])])
     raise RangeError(
-        f"{field} must be a relative range such as '7d' or two ISO dates [from, to]"
+        f"{field} must be a relative range such as '7d', two ISO dates [from, to], or"
+        " {\"from\": instant, \"to\": instant}"
     )
 
 

@@ -200,3 +200,23 @@ def test_source_rollup_refuses_a_query_no_rollup_covers() -> None:
     with pytest.raises(BadQuery) as info:
         _route({"kind": "breakdown", "dimensions": ["browser"], "source": "rollup"})
     assert info.value.field == "source" and "browser" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"kind": "timeseries", "events": ["a", "b"], "metrics": ["events", "sum:price"], "date_range": "7d",
+         "timezone": "America/New_York", "filters": ["not", ["is_set", "prop:plan"]]},
+        {"kind": "breakdown", "dimensions": ["country", "prop:plan"], "limit": 5, "interval": "day",
+         "order_by": ["users", "asc"], "metrics": ["users"]},
+        {"kind": "funnel", "steps": ["a", {"event": "b", "filters": ["gt", "prop:n", [3]]}],
+         "window": "2h", "order": "strict", "breakdown": "browser"},
+        {"kind": "retention", "start_event": "a", "period": "week", "periods": 4, "cohort": "recurring"},
+        {"kind": "uniques", "events": ["a"], "method": "hll", "date_range": "24h"},
+    ],
+)
+def test_the_echoed_query_can_be_sent_again_and_means_the_same(body: dict) -> None:
+    """An answer's `query` is itself a request for the same answer, whatever the clock then."""
+    echoed = _parse(body).to_dict()  # type: ignore[attr-defined]
+    later = parse(echoed, Defaults(), NOW + timedelta(days=3))
+    assert later.to_dict() == echoed  # type: ignore[attr-defined]
