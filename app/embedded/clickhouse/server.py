@@ -6,6 +6,13 @@ body, ``param_*`` bound parameters, settings as URL arguments, ``database``,
 lz4 (multi-frame), zstd, gzip or deflate; responses compressed when the client sends
 ``Accept-Encoding``. ``INSERT ... FORMAT fmt`` data is streamed into chdb as it arrives.
 
+Also as on a server: sessions with their own temporary tables and SESSION_IS_LOCKED
+(sessions.py), ``client_protocol_version`` for Native answers (native.py), external data
+(external.py), ``param_*`` in every kind of statement, and ``send_progress_in_http_headers``
+(one ``X-ClickHouse-Progress`` header, with the progress known when the answer starts, where a
+server repeats it while the query runs). ``compress=1`` (ClickHouse's own block compression) is
+refused with an error naming it.
+
 The event loop only moves bytes: chdb calls run on each pooled connection's own thread and
 (de)compression of large bodies on the default executor, so ``/ping`` answers while a long
 query or insert runs.
