@@ -219,6 +219,19 @@ class PooledConnection:
         except _CHDB_ERRORS:
             self.broken = True
 
+    def begin_statement(
+        self, sql: bytes, fmt: str, params: Mapping[str, str], stream: bool
+    ) -> tuple[QueryClass, Any | None, StreamChunk | None]:
+        """Classify *sql* and, for a single read when *stream*, open its stream and fetch the
+        first block: one trip to this thread instead of three."""
+        kind = self.classify(sql)
+        if not stream or kind.kind != "READ_ONLY" or kind.statement_count != 1:
+            return kind, None, None
+        handle = self.open_stream(sql, fmt, params)
+        if handle is None:
+            return kind, None, None
+        return kind, handle, self.fetch(handle)
+
     def classify(self, sql: bytes) -> QueryClass:
         info = self._conn.classify_query(sql)
         return QueryClass(info["query_class"].name, int(info["statement_count"]))

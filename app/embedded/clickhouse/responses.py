@@ -173,6 +173,10 @@ async def _send_spool(
     fmt: str,
     stats: QueryStats,
 ) -> web.StreamResponse:
+    if size <= WRITE_CHUNK:
+        # A small answer (most of them): no executor round trips, one write.
+        data = spool.read()
+        return await send_whole(request, ctx, memoryview(data), fmt, stats)
     loop = asyncio.get_running_loop()
     encoding = ctx.response_encoding
     response = web.StreamResponse(headers=ctx.headers(fmt, stats, encoding))

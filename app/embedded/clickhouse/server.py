@@ -302,22 +302,24 @@ async def _statement(
 ) -> web.StreamResponse:
     if not sql.strip():
         raise QueryFailed(SYNTAX_ERROR, "Empty query. (SYNTAX_ERROR)")
-    kind = await conn.call(conn.classify, sql)
+    text = sql.decode("latin-1")
+    fmt = output_format(text, ctx.engine.info.output_formats) or ctx.opts.default_format
+    kind, handle, first = await conn.call(
+        conn.begin_statement, sql, ctx.opts.default_format, ctx.opts.params,
+        fmt in STREAMABLE_FORMATS,
+    )  # fmt: skip
     if kind.statement_count > 1:
+        if handle is not None:
+            conn.submit(conn.cancel_stream, handle)
         raise QueryFailed(SYNTAX_ERROR, "Multi-statements are not allowed (SYNTAX_ERROR)")
     if _read_only(request) and kind.kind == "MUTATING":
         raise _readonly_error()
-    text = sql.decode("latin-1")
-    fmt = output_format(text, ctx.engine.info.output_formats) or ctx.opts.default_format
     native = fmt == "Native" and ctx.native_revision > 0
-    if kind.kind == "READ_ONLY" and fmt in STREAMABLE_FORMATS:
-        handle = await conn.call(conn.open_stream, sql, ctx.opts.default_format, ctx.opts.params)
-        if handle is not None:
-            first = await conn.call(conn.fetch, handle)
-            rewriter = None
-            if native and first is not None:
-                handle, first, rewriter = await _native_for_client(conn, ctx, sql, handle, first)
-            return await send_stream(request, conn, ctx, handle, fmt, first, rewriter)
+    if handle is not None:
+        rewriter = None
+        if native and first is not None:
+            handle, first, rewriter = await _native_for_client(conn, ctx, sql, handle, first)
+        return await send_stream(request, conn, ctx, handle, fmt, first, rewriter)
     result = await conn.call(conn.query, sql, ctx.opts.default_format, ctx.opts.params)
     if kind.kind != "READ_ONLY":
         ctx.engine.schema_changed()
