@@ -21,6 +21,11 @@ def connect(settings: ClickHouseSettings, database: str | None = None, **kwargs:
     threads (the API's handlers), which a server refuses within one session
     (SESSION_IS_LOCKED) while a statement runs.
     """
+    # No HTTP session unless asked for: clickhouse-connect refuses a second query on a client
+    # while one runs in its session ("concurrent queries within the same session"), and a
+    # ClickHouse server locks a session per query, so one client shared by the API's request
+    # threads would answer concurrent requests with errors. Nothing here relies on sessions.
+    kwargs.setdefault("autogenerate_session_id", False)
     url = urlparse(settings.url)
     if url.scheme not in {"http", "https"}:
         raise ConfigurationError(

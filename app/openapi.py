@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from agents.records import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
+from app import dashboard
 from app.live import PERIODS_MIN
 from app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.query import discovery
@@ -660,9 +661,7 @@ def service_paths() -> JSON:
         "/openapi.json": {"get": operation("This document", {
             "200": json_response("OpenAPI 3.1.", {"type": "object"}),
         }, "service", operationId="openapi")},
-        "/": {"get": operation("The dashboard", {
-            "200": {"description": "An HTML page.", "content": {"text/html": {"schema": string()}}},
-        }, "service", operationId="dashboard")},
+        **dashboard.openapi_paths(),  # the pages, their static files, GET /v1/pipeline
     }
 
 

@@ -174,6 +174,17 @@ class QuerySettings(BaseModel):
     discovery_days: int = Field(default=30, ge=1)
 
 
+class DashboardSettings(BaseModel):
+    """The dashboard's pipeline-health panel (`GET /v1/pipeline`, app/dashboard)."""
+
+    # Prometheus endpoints of the workers to scrape for consumer lag and redactions; empty:
+    # http://127.0.0.1:{worker.web_port}/metrics, the one worker `rearview up` starts.
+    worker_metrics_urls: list[str] = []
+    scrape_timeout_s: float = Field(default=2.0, gt=0)
+    # Dead letters per minute are shown for this many minutes.
+    dlq_minutes: int = Field(default=60, ge=1, le=1440)
+
+
 class LogSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
@@ -195,6 +206,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     pii: PiiSettings = PiiSettings()
     query: QuerySettings = QuerySettings()
+    dashboard: DashboardSettings = DashboardSettings()
     log: LogSettings = LogSettings()
 
 

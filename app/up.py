@@ -52,7 +52,8 @@ class Stack:
                     update={"url": f"http://{host}:{self.registry_port}"}),
                 "clickhouse": settings.clickhouse.model_copy(
                     update={"url": f"http://{host}:{self.clickhouse_port}"}),
-                "worker": settings.worker.model_copy(update={"data_dir": self.data_dir / "worker"}),
+                "worker": settings.worker.model_copy(update={"data_dir": self.data_dir / "worker",
+                                                            "web_port": self.worker_port}),
                 "api": settings.api.model_copy(update={"host": host, "port": self.api_port}),
             }
         )
