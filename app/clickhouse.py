@@ -16,10 +16,6 @@ def connect(settings: ClickHouseSettings, database: str | None = None, **kwargs:
 
     The database defaults to the configured one; pass ``database="default"`` to reach a server
     before `rearview migrate` created it.
-
-    No HTTP session: Rearview keeps no state between statements, and one client is shared by
-    threads (the API's handlers), which a server refuses within one session
-    (SESSION_IS_LOCKED) while a statement runs.
     """
     # No HTTP session unless asked for: clickhouse-connect refuses a second query on a client
     # while one runs in its session ("concurrent queries within the same session"), and a
@@ -39,7 +35,6 @@ def connect(settings: ClickHouseSettings, database: str | None = None, **kwargs:
         password=settings.password.get_secret_value(),
         database=database or settings.database,
         compress="lz4",
-        autogenerate_session_id=False,
         **kwargs,
     )
 
