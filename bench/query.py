@@ -1,0 +1,506 @@
+"""The query API over 1M, 10M (and 100M) events: latency of each query kind, and what FINAL costs.
+
+    PYTHONPATH=. .venv/bin/python bench/query.py [--rows 1e6,1e7] [--with-100m] [--runs 7]
+        [--dup-fraction 0.005] [--keep-data]
+
+Starts the embedded ClickHouse (`python -m app.cli clickhouse`, a free loopback port, a
+temporary data directory removed at the end), and for each size:
+
+1. creates a database with the real migrations and rollup tables (the configured rollups plus
+   one bench-only hourly country x device rollup), and loads N synthetic events server-side,
+   one day partition at a time, with ``INSERT INTO events SELECT ... FROM numbers(...)``:
+   30 days before a fixed "now" (today's UTC midnight), ~20 event names with a Zipf-like skew,
+   N/10 users (skewed: a few heavy users), per-user country, device type, browser, plan and app
+   version in ``properties`` (the hot columns fill from their DEFAULTs), a price on purchases,
+   a path on page views, and provenance columns;
+2. fills every rollup table from the events with the GROUP BY the worker computes (window,
+   dimensions, events.clean partition; ``sketch`` and ``state`` empty), one day at a time;
+3. inserts copies of --dup-fraction of the events (same event_id and ts, another offset), as
+   a redelivery would: one unmerged part in every day partition, so FINAL has work to do;
+4. times each query through the function API (``app.query.run`` over HTTP with
+   clickhouse-connect, what ``POST /v1/query`` runs), one warm-up and then --runs runs
+   (at least 20 for queries under 0.3 s), and prints p50 and p95 (nearest rank): a 2-dimension
+   breakdown of one event over the raw events, the same routed to a rollup (checked: the answer
+   names a rollup and its rows equal the raw answer), a time series by day (raw and routed),
+   a 4-step funnel (and the same counts by ClickHouse's ``windowFunnel``, for comparison),
+   8-week retention, exact uniques and the three discovery functions;
+5. times the raw breakdown's own SQL with plain FINAL, partition-local FINAL (what the query
+   layer runs: ``do_not_merge_across_partitions_select_final=1``) and no FINAL.
+
+Then one table for all sizes, with the growth from one size to the next (p50 ratio), beside
+the targets (never asserted): raw 2-dim breakdown at 100M under 1 s, routed breakdown p95
+under 50 ms, 4-step funnel at 10M under 1 s. 100M rows need ~10 GB of disk and ~15 min to
+load on 2 cores. Query kinds not present in app/query yet are reported as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import itertools
+import math
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clickhouse_connect.driver.client import Client
+
+from app import clickhouse
+from app.embedded.process import ChildProcess, free_port, http_ready, python_module
+from app.query import QueryConfig, run
+from app.settings import Settings
+from tables.migrate import migrate
+from tables.rollup_tables import columns, ensure_tables, table_name
+from tables.rollups import RollupSpec
+
+HOST = "127.0.0.1"
+DAYS = 30
+PARTITIONS = 4  # events.clean partitions: rollup partials are per partition
+DAY_MS = 86_400_000
+
+# (name, weight): a Zipf-like mix; the funnel is session_start > view_item > add_to_cart > purchase.
+EVENTS = [
+    ("page_view", 22), ("screen_view", 12), ("button_click", 12), ("session_start", 8),
+    ("scroll", 7), ("search", 6), ("view_item", 6), ("video_play", 4), ("login", 3),
+    ("app_open", 3), ("add_to_cart", 3), ("logout", 2), ("form_submit", 2),
+    ("notification_open", 2), ("begin_checkout", 1.5), ("purchase", 1), ("signup", 1),
+    ("share", 1), ("error", 1), ("remove_from_cart", 0.5),
+]
+COUNTRIES = [("US", 30), ("DE", 10), ("GB", 10), ("FR", 8), ("IN", 8), ("BR", 7), ("JP", 6),
+             ("CA", 5), ("ES", 4), ("IT", 4), ("NL", 3), ("SE", 2), ("PL", 2), ("MX", 1)]
+DEVICES = [("mobile", 55), ("desktop", 40), ("tablet", 5)]
+BROWSERS = [("Chrome", 60), ("Safari", 25), ("Firefox", 6), ("Edge", 5), ("Samsung Internet", 4)]
+PLANS = [("free", 70), ("pro", 20), ("team", 8), ("enterprise", 2)]
+VERSIONS = [("3.2.0", 40), ("3.1.4", 30), ("3.1.3", 15), ("3.0.9", 10), ("2.9.1", 5)]
+FUNNEL = ["session_start", "view_item", "add_to_cart", "purchase"]
+BREAKDOWN_EVENT = "button_click"
+
+# A bench-only rollup: the configured country x device rollup is per minute, which at these
+# densities holds nearly a row per event; this shows what an hourly one would give.
+HOURLY = RollupSpec(name="bench_events_by_name_country_device_1h",
+                    dimensions=("event_name", "country", "device_type"), granularity="hour",
+                    allowed_lateness_s=3600)
+
+TARGETS = {
+    "breakdown raw (events)": "p50 < 1 s at 100M",
+    "breakdown routed, default rollups": "p95 < 50 ms",
+    "breakdown routed, + hourly rollup": "p95 < 50 ms",
+    "funnel 4 steps": "< 1 s at 10M",
+}
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def _uniform(key: str, salt: int) -> str:
+    """SQL: a number in [0, 1) hashed from *key* and *salt* (deterministic, so reruns agree)."""
+    return f"(cityHash64({key}, {salt}) % 1000000) / 1000000."
+
+
+def _pick(choices: Sequence[tuple[str, float]], u: str) -> str:
+    """SQL: one of *choices* by weight, from the uniform number *u*."""
+    total = sum(w for _, w in choices)
+    bounds = list(itertools.accumulate(w / total for _, w in choices))
+    bounds[-1] = 2.0
+    values = ", ".join(f"'{v}'" for v, _ in choices)
+    return f"[{values}][arrayFirstIndex(c -> c > {u}, [{', '.join(f'{b:.6f}' for b in bounds)}])]"
+
+
+def events_sql(first: int, count: int, users: int, day_start_ms: int) -> str:
+    """INSERT of *count* events numbered from *first*, all on the UTC day from *day_start_ms*."""
+    uid = "uid"
+    return f"""
+INSERT INTO events (event_id, project_id, event_name, user_id, ts, received_at, properties,
+                    library, schema_id, _partition, _offset, _index)
+SELECT generateUUIDv4(number), 'default', ev, concat('u', toString(uid)), t,
+       t + toIntervalMillisecond(cityHash64(number, 5) % 3000),
+       mapFilter((k, v) -> v != '', map(
+           'country', if({_uniform(uid, 7)} < 0.01, '', {_pick(COUNTRIES, _uniform(uid, 8))}),
+           'device_type', {_pick(DEVICES, _uniform(uid, 9))},
+           'browser', {_pick(BROWSERS, _uniform(uid, 10))},
+           'plan', {_pick(PLANS, _uniform(uid, 11))},
+           'app_version', {_pick(VERSIONS, _uniform(uid, 12))},
+           'price', if(ev = 'purchase', toString(round(5 + 195 * {_uniform('number', 13)}, 2)), ''),
+           'path', if(ev = 'page_view', concat('/page/', toString(cityHash64(number, 14) % 50)), ''))),
+       'bench', 1, cityHash64({uid}) % {PARTITIONS}, number, 0
+FROM (
+    SELECT number,
+           -- skewed users: the lowest ids are the heaviest (10% of users make ~30% of events)
+           toUInt64({users} * pow({_uniform('number', 2)}, 2)) AS uid,
+           {_pick(EVENTS, _uniform('number', 1))} AS ev,
+           fromUnixTimestamp64Milli(toInt64({day_start_ms} + cityHash64(number, 3) % {DAY_MS}), 'UTC') AS t
+    FROM numbers({first}, {count})
+)"""
+
+
+def duplicates_sql(fraction: float) -> str:
+    """Copies of about *fraction* of the events: same event_id and ts, a later offset."""
+    per_million = round(fraction * 1_000_000)
+    return f"""
+INSERT INTO events (event_id, project_id, event_name, user_id, ts, received_at, properties,
+                    library, schema_id, _partition, _offset, _index)
+SELECT event_id, project_id, event_name, user_id, ts, received_at + toIntervalSecond(2), properties,
+       library, schema_id, _partition, _offset + 1000000000000, _index
+FROM events WHERE cityHash64(event_id) % 1000000 < {per_million}"""
+
+
+def rollup_sql(spec: RollupSpec, day_start_ms: int) -> str:
+    """INSERT of *spec*'s partials for one day, grouped as the worker groups them: window,
+    dimensions (properties; an absent key is ''), events.clean partition (by event_id)."""
+    window = "toStartOfMinute(ts)" if spec.granularity == "minute" else "toStartOfHour(ts)"
+    dims = ["event_name", *(f"properties['{k}']" for k in spec.property_keys)]
+    sums = [f"sumIf(toFloat64OrZero(properties['{k}']), properties['{k}'] != '')" for k in spec.sums]
+    names = ", ".join(f"`{n}`" for n, _ in columns(spec))
+    values = ", ".join([f"{window} AS w", *dims, f"cityHash64(event_id) % {PARTITIONS} AS p",
+                        "count()", "0", *sums, "0", "''", "max(_offset)", "''"])
+    groups = ", ".join(["w", *dims, "p"])
+    return (f"INSERT INTO `{table_name(spec)}` ({names}) SELECT {values} FROM events"
+            f" WHERE ts >= fromUnixTimestamp64Milli({day_start_ms}, 'UTC')"
+            f" AND ts < fromUnixTimestamp64Milli({day_start_ms + DAY_MS}, 'UTC') GROUP BY {groups}")
+
+
+def load(client: Client, n: int, now: datetime, specs: Sequence[RollupSpec], dup_fraction: float) -> dict[str, float]:
+    """Loads *n* events over the DAYS days before *now*, the rollups and the duplicates; returns
+    the seconds each phase took."""
+    users = max(1, n // 10)
+    start_ms = int(now.timestamp() * 1000) - DAYS * DAY_MS
+    took: dict[str, float] = {}
+    began = time.perf_counter()
+    done = 0
+    for day in range(DAYS):
+        count = n // DAYS + (n % DAYS if day == DAYS - 1 else 0)
+        client.command(events_sql(done, count, users, start_ms + day * DAY_MS))
+        done += count
+        if day % 5 == 4 or day == DAYS - 1:
+            elapsed = time.perf_counter() - began
+            print(f"  events: day {day + 1}/{DAYS}, {done:,} rows, {elapsed:.0f} s"
+                  f" ({done / elapsed:,.0f} rows/s)", flush=True)
+    took["events"] = time.perf_counter() - began
+    began = time.perf_counter()
+    for day in range(DAYS):
+        for spec in specs:
+            client.command(rollup_sql(spec, start_ms + day * DAY_MS))
+    took["rollups"] = time.perf_counter() - began
+    print(f"  rollups filled in {took['rollups']:.0f} s", flush=True)
+    began = time.perf_counter()
+    client.command(duplicates_sql(dup_fraction))
+    took["duplicates"] = time.perf_counter() - began
+    return took
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+@dataclass
+class Recorder:
+    """A clickhouse-connect client that remembers the SQL the query layer sends, and what it read."""
+
+    client: Client
+    calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    read_rows: int = 0
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None,
+              settings: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        self.calls.append((sql, dict(parameters or {}), dict(settings or {})))
+        result = self.client.query(sql, parameters=parameters, settings=settings, **kwargs)
+        self.read_rows += int(result.summary.get("read_rows", 0) or 0)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.read_rows = 0
+
+
+@dataclass
+class Figure:
+    name: str
+    times: list[float] = field(default_factory=list)
+    read_rows: int = 0
+    note: str = ""
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.times) if self.times else math.nan
+
+    @property
+    def p95(self) -> float:
+        if not self.times:
+            return math.nan
+        ordered = sorted(self.times)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def measure(name: str, fn: Callable[[], Any], runs: int, recorder: Recorder | None = None) -> tuple[Figure, Any]:
+    """One warm-up, then *runs* timed calls (20 when a call takes under 0.3 s)."""
+    if recorder is not None:
+        recorder.reset()
+    began = time.perf_counter()
+    result = fn()
+    first = time.perf_counter() - began
+    figure = Figure(name, read_rows=recorder.read_rows if recorder is not None else 0)
+    for _ in range(runs if first >= 0.3 else max(runs, 20)):
+        began = time.perf_counter()
+        fn()
+        figure.times.append(time.perf_counter() - began)
+    return figure, result
+
+
+def have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def bench_size(client: Client, n: int, now: datetime, settings: Settings, runs: int) -> tuple[list[Figure], list[str]]:
+    rec = Recorder(client)
+    api = cast(Client, rec)
+    config = QueryConfig.from_settings(settings)
+    config = dataclasses.replace(config, rollups=tuple(settings.aggregate.rollups))
+    config_hourly = dataclasses.replace(config, rollups=(*config.rollups, HOURLY))
+    first_day = (now - timedelta(days=DAYS)).date()
+    last_day: date = (now - timedelta(milliseconds=1)).date()
+    days = [first_day.isoformat(), last_day.isoformat()]
+    figures: list[Figure] = []
+    notes: list[str] = []
+
+    def query(name: str, body: dict[str, Any], cfg: QueryConfig = config) -> dict[str, Any]:
+        figure, answer = measure(name, lambda: run(api, body, cfg, now=now), runs, rec)
+        figure.note = f"source {answer['source']}, {answer['meta']['queries']} queries"
+        figures.append(figure)
+        print(f"  {name:<42} p50 {figure.p50 * 1000:9.1f} ms  p95 {figure.p95 * 1000:9.1f} ms"
+              f"  read {figure.read_rows:>12,} rows  {figure.note}", flush=True)
+        return answer
+
+    breakdown = {"kind": "breakdown", "events": [BREAKDOWN_EVENT], "dimensions": ["country", "device_type"],
+                 "date_range": days}
+    raw = query("breakdown raw (events)", {**breakdown, "source": "events"})
+    raw_sql = rec.calls[0]
+    for label, cfg in (("breakdown routed, default rollups", config),
+                       ("breakdown routed, + hourly rollup", config_hourly)):
+        routed = query(label, {**breakdown, "source": "auto"}, cfg)
+        if not routed["source"].startswith("rollup:"):
+            notes.append(f"{label}: answered by {routed['source']}, not a rollup"
+                         f" ({routed['meta'].get('rollup_not_used')})")
+        elif routed["rows"] != raw["rows"]:
+            diff = next((a, b) for a, b in itertools.zip_longest(raw["rows"], routed["rows"]) if a != b)
+            notes.append(f"{label}: rows differ from the raw answer, first difference raw {diff[0]}"
+                         f" vs {routed['source']} {diff[1]}")
+        else:
+            notes.append(f"{label}: {routed['source']}, {len(routed['rows'])} rows equal to the raw answer")
+
+    series = {"kind": "timeseries", "events": [BREAKDOWN_EVENT], "interval": "day", "date_range": days}
+    ts_raw = query("timeseries by day (events)", {**series, "source": "events"})
+    ts_routed = query("timeseries by day (auto)", {**series, "source": "auto"})
+    if ts_raw["rows"] != ts_routed["rows"]:
+        notes.append(f"timeseries: {ts_routed['source']} rows differ from the raw answer")
+
+    if have("app.query.funnel"):
+        funnel = {"kind": "funnel", "steps": FUNNEL, "window": "14d", "date_range": days}
+        answer = query("funnel 4 steps", funnel)
+        users = [row["users"] for row in answer["rows"]]
+        wf, wf_users = window_funnel(client, now, runs)
+        figures.append(wf)
+        print(f"  {wf.name:<42} p50 {wf.p50 * 1000:9.1f} ms  p95 {wf.p95 * 1000:9.1f} ms", flush=True)
+        same = "the same" if users == wf_users else "DIFFERENT"
+        notes.append(f"funnel users per step {users}; windowFunnel gives {same} {wf_users}")
+    else:
+        notes.append("funnel: app/query/funnel.py is not on this branch yet: not measured")
+    if have("app.query.retention"):
+        query("retention 8 weeks", {"kind": "retention", "start_event": "session_start",
+                                    "period": "week", "periods": 8, "date_range": days})
+    else:
+        notes.append("retention: app/query/retention.py is not on this branch yet: not measured")
+    if have("app.query.uniques"):
+        query("uniques exact", {"kind": "uniques", "date_range": days})
+    else:
+        notes.append("uniques: app/query/uniques.py is not on this branch yet: not measured")
+    if have("app.query.discovery"):
+        from app.query import discovery
+        for name, fn in (
+            ("discovery events", lambda: discovery.events(api, config)),
+            ("discovery properties (all events)", lambda: discovery.properties(api, config, None)),
+            ("discovery properties (purchase)", lambda: discovery.properties(api, config, "purchase")),
+            ("discovery values country", lambda: discovery.values(api, config, "country", None, "", None)),
+            ("discovery values prop:path q='page/1'",
+             lambda: discovery.values(api, config, "prop:path", "page_view", "page/1", None)),
+        ):
+            figure, _ = measure(name, fn, runs, rec)
+            figures.append(figure)
+            print(f"  {name:<42} p50 {figure.p50 * 1000:9.1f} ms  p95 {figure.p95 * 1000:9.1f} ms"
+                  f"  read {figure.read_rows:>12,} rows", flush=True)
+    else:
+        notes.append("discovery: app/query/discovery.py is not on this branch yet: not measured")
+
+    # What FINAL costs: the raw breakdown's own SQL, three ways.
+    sql, params, query_settings = raw_sql
+    assert "events FINAL" in sql, sql
+    counts = {}
+    for label, text, local in (("FINAL", sql, 0), ("FINAL, partition-local (current)", sql, 1),
+                               ("no FINAL", sql.replace("events FINAL", "events"), 1)):
+        settings_now = {**query_settings, "do_not_merge_across_partitions_select_final": local}
+
+        def once(text: str = text, settings_now: dict[str, Any] = settings_now) -> Any:
+            return client.query(text, parameters=params, settings=settings_now).result_rows
+
+        figure, rows = measure(f"breakdown SQL, {label}", once, runs)
+        counts[label] = sum(int(r[len(r) - 2]) for r in rows)
+        figures.append(figure)
+        print(f"  {figure.name:<42} p50 {figure.p50 * 1000:9.1f} ms  p95 {figure.p95 * 1000:9.1f} ms"
+              f"  {counts[label]:,} events", flush=True)
+    extra = counts["no FINAL"] - counts["FINAL"]
+    notes.append(f"without FINAL the breakdown counts {extra:,} copies twice"
+                 f" ({extra / max(1, counts['FINAL']):.2%} of {counts['FINAL']:,})")
+    return figures, notes
+
+
+def window_funnel(client: Client, now: datetime, runs: int) -> tuple[Figure, list[int]]:
+    """The funnel's users per step by `windowFunnel` (ms timestamps, 14-day window), for scale."""
+    end_ms = int(now.timestamp() * 1000)
+    start_ms = end_ms - DAYS * DAY_MS
+    window_ms = 14 * DAY_MS
+    steps = ", ".join(
+        [f"event_name = '{FUNNEL[0]}' AND ts < fromUnixTimestamp64Milli({end_ms}, 'UTC')",
+         *(f"event_name = '{e}'" for e in FUNNEL[1:])])
+    names = ", ".join(f"'{e}'" for e in FUNNEL)
+    sql = (f"SELECT level, count() FROM (SELECT user_id, windowFunnel({window_ms})("
+           f"toUInt64(toUnixTimestamp64Milli(ts)), {steps}) AS level FROM events FINAL"
+           f" WHERE project_id = 'default' AND event_name IN ({names})"
+           f" AND ts >= fromUnixTimestamp64Milli({start_ms}, 'UTC')"
+           f" AND ts < fromUnixTimestamp64Milli({end_ms + window_ms}, 'UTC') GROUP BY user_id)"
+           " WHERE level > 0 GROUP BY level")
+    settings = {"do_not_merge_across_partitions_select_final": 1}
+    figure, rows = measure("funnel 4 steps, windowFunnel (counts only)",
+                           lambda: client.query(sql, settings=settings).result_rows, runs)
+    at = {int(level): int(users) for level, users in rows}
+    return figure, [sum(u for lv, u in at.items() if lv >= k) for k in range(1, len(FUNNEL) + 1)]
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def label(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n:,}"
+
+
+def ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:,.1f}"
+
+
+def report(results: dict[int, list[Figure]], runs: int) -> None:
+    sizes = sorted(results)
+    names = list(dict.fromkeys(f.name for n in sizes for f in results[n]))
+    width = max(len(n) for n in names) + 2
+    head = f"{'query (ms)':<{width}}"
+    for i, n in enumerate(sizes):
+        head += f"{label(n) + ' p50':>12}{label(n) + ' p95':>12}"
+        if i:
+            head += f"{'x' + label(sizes[i - 1]):>8}"
+    print(f"\nmedian (p50) and p95 of {runs}+ runs (20 for queries under 0.3 s), one warm-up;"
+          " x: p50 growth from the previous size")
+    print(head + "   target")
+    for name in names:
+        line = f"{name:<{width}}"
+        previous: Figure | None = None
+        for i, n in enumerate(sizes):
+            figure = next((f for f in results[n] if f.name == name), Figure(name))
+            line += f"{ms(figure.p50):>12}{ms(figure.p95):>12}"
+            if i:
+                ratio = figure.p50 / previous.p50 if previous and previous.times and figure.times else math.nan
+                line += f"{'-' if math.isnan(ratio) else f'{ratio:.1f}x':>8}"
+            previous = figure
+        print(line + (f"   {TARGETS[name]}" if name in TARGETS else ""))
+
+
+def sizes_from(text: str) -> list[int]:
+    return [int(float(part)) for part in text.split(",") if part.strip()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="1e6,1e7", help="sizes, comma-separated [1e6,1e7]")
+    parser.add_argument("--with-100m", action="store_true", help="add 1e8 to --rows")
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per query [7]")
+    parser.add_argument("--dup-fraction", type=float, default=0.005,
+                        help="events copied as redelivered duplicates [0.005]")
+    parser.add_argument("--keep-data", action="store_true", help="do not drop each size's database")
+    args = parser.parse_args()
+    # SIGINT (timeout -s INT) and SIGTERM end the run through the finally below, which stops the
+    # ClickHouse child by its pid and removes the data; set explicitly, since a background job
+    # may inherit SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sizes = sorted(set(sizes_from(args.rows) + ([100_000_000] if args.with_100m else [])))
+
+    now = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    tmp = Path(tempfile.mkdtemp(prefix="rv-bench-query-"))
+    port = free_port(HOST)
+    child = ChildProcess(
+        "clickhouse",
+        python_module("app.cli", "clickhouse", "--host", HOST, "--port", str(port), "--data-dir", str(tmp / "chdb")),
+        http_ready(f"http://{HOST}:{port}/ping"), log_path=tmp / "clickhouse.log")
+    base = Settings()
+    results: dict[int, list[Figure]] = {}
+    all_notes: dict[int, list[str]] = {}
+    loads: dict[int, dict[str, float]] = {}
+    try:
+        child.start()
+        child.wait_ready(90)
+        print(f"embedded ClickHouse pid {child.pid} on {HOST}:{port}, data in {tmp};"
+              f" now = {now.isoformat()}, {DAYS} days of events before it")
+        for n in sizes:
+            settings = base.model_copy(update={"clickhouse": base.clickhouse.model_copy(
+                update={"url": f"http://{HOST}:{port}", "database": f"rv_bench_query_{label(n).lower()}"})})
+            clickhouse.ensure_database(settings.clickhouse)
+            client = clickhouse.connect(settings.clickhouse, send_receive_timeout=3600)
+            try:
+                migrate(client)
+                specs = [*settings.aggregate.rollups, HOURLY]
+                ensure_tables(client, specs)
+                print(f"\n{label(n)} events: loading", flush=True)
+                loads[n] = load(client, n, now, specs, args.dup_fraction)
+                stats = client.query(
+                    "SELECT count(), uniqExact(event_id), uniqExact(user_id),"
+                    " (SELECT count() FROM system.parts WHERE database = currentDatabase()"
+                    "  AND table = 'events' AND active),"
+                    " (SELECT sum(bytes_on_disk) FROM system.parts WHERE database = currentDatabase()"
+                    "  AND table = 'events' AND active) FROM events").result_rows[0]
+                sizes_rollups = {spec.name: int(client.query(f"SELECT count() FROM `{table_name(spec)}`").result_rows[0][0])
+                                 for spec in specs}
+                print(f"  loaded in {sum(loads[n].values()):.0f} s (events {loads[n]['events']:.0f} s,"
+                      f" rollups {loads[n]['rollups']:.0f} s, duplicates {loads[n]['duplicates']:.1f} s):"
+                      f" {stats[0]:,} rows, {stats[1]:,} distinct events, {stats[2]:,} users,"
+                      f" {stats[3]} parts, {stats[4] / 1e9:.2f} GB")
+                for name, rows in sizes_rollups.items():
+                    print(f"  rollup {name}: {rows:,} rows ({stats[1] / max(rows, 1):.1f} events a row)")
+                results[n], all_notes[n] = bench_size(client, n, now, settings, args.runs)
+                for note in all_notes[n]:
+                    print(f"  - {note}")
+                if not args.keep_data:
+                    client.command(f"DROP DATABASE `{settings.clickhouse.database}` SYNC")
+            finally:
+                client.close()
+    finally:
+        child.stop()
+        if not args.keep_data:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"data kept in {tmp}")
+    report(results, args.runs)
+    for n in sizes:
+        if n in loads:
+            print(f"load {label(n)}: events {loads[n]['events']:.0f} s, rollups {loads[n]['rollups']:.0f} s,"
+                  f" duplicates {loads[n]['duplicates']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
