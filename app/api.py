@@ -4,6 +4,11 @@
     POST /v1/batch            {"events": [...]}       -> 202 {"accepted": n}
     GET  /v1/events/count     ?event_name=&from=&to=  -> {"count": n, "source": "events"}
     GET  /v1/live             active users 1/5/15 min, events this minute, top events now
+    POST /v1/query            {"kind": ...}           -> rows, source, meta (docs/query.md)
+    GET  /v1/schema/events    event names with counts and last seen (for pickers)
+    GET  /v1/schema/properties?event=            property keys of an event, with counts
+    GET  /v1/schema/values?property=&event=&q=   the top values of a property
+    GET  /openapi.json        the OpenAPI 3.1 description of every endpoint
     GET  /health              liveness
     GET  /metrics             Prometheus counters (accepted events, responses by status)
     GET  /                    the dashboard
@@ -33,12 +38,20 @@ import schemas
 from agents.codec import BatchWriter
 from agents.schema_registry import register
 from agents.validate import Validator
-from app import clickhouse
+from app import clickhouse, query
 from app.collector.normalize import BadEvent, parse_body, to_event, to_events
 from app.collector.producer import BatchingProducer
 from app.live import live, live_rollup
 from app.metrics import CONTENT_TYPE, Metric, render
-from app.query import BadQuery, CountRequest, count_events, parse_time
+from app.query import (
+    BadQuery,
+    CountRequest,
+    QueryTimeout,
+    QueryTooExpensive,
+    count_events,
+    discovery,
+    parse_time,
+)
 from app.settings import Settings
 from core.exceptions import RearviewError, ServiceUnavailable
 
@@ -125,9 +138,18 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 _refused(exc.status, exc, request.path)
             return _error(exc.status, exc.reason)
         raise
-    except (BadEvent, BadQuery) as exc:
+    except BadQuery as exc:
+        _refused(400, exc, request.path)
+        return _json({"error": str(exc), "field": exc.field}, 400)
+    except BadEvent as exc:
         _refused(400, exc, request.path)
         return _error(400, str(exc))
+    except QueryTimeout as exc:
+        log.warning("query_timeout", path=request.path)
+        return _error(504, str(exc))
+    except QueryTooExpensive as exc:
+        log.warning("query_too_expensive", path=request.path)
+        return _error(422, str(exc))
     except ServiceUnavailable as exc:
         log.warning("request_unavailable", path=request.path, error=str(exc))
         return _error(503, "the pipeline is temporarily unavailable; retry later")
@@ -206,6 +228,40 @@ async def live_now(request: web.Request) -> web.Response:
                   "top_events": result.top_events, "as_of": result.as_of, "source": f"rollup:{spec.name}"})
 
 
+QUERY_CONFIG = web.AppKey("query_config", query.QueryConfig)
+
+
+async def run_query(request: web.Request) -> web.Response:
+    body = await _body(request)
+    lazy, config = request.app[CH_CLIENT], request.app[QUERY_CONFIG]
+    return _json(await asyncio.to_thread(lambda: query.run(lazy.get(), body, config)))
+
+
+async def schema_events(request: web.Request) -> web.Response:
+    lazy, config = request.app[CH_CLIENT], request.app[QUERY_CONFIG]
+    return _json(await asyncio.to_thread(lambda: discovery.events(lazy.get(), config)))
+
+
+async def schema_properties(request: web.Request) -> web.Response:
+    lazy, config = request.app[CH_CLIENT], request.app[QUERY_CONFIG]
+    event = request.query.get("event") or None
+    return _json(await asyncio.to_thread(lambda: discovery.properties(lazy.get(), config, event)))
+
+
+async def schema_values(request: web.Request) -> web.Response:
+    lazy, config = request.app[CH_CLIENT], request.app[QUERY_CONFIG]
+    q = request.query
+    return _json(await asyncio.to_thread(lambda: discovery.values(
+        lazy.get(), config, q.get("property"), q.get("event") or None, q.get("q") or "",
+        q.get("limit"))))
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    from app.openapi import document
+
+    return _json(document())
+
+
 async def metrics(request: web.Request) -> web.Response:
     c = request.app[COUNTERS]
     responses = Metric("rearview_collector_responses_total", "API responses by path and status.")
@@ -233,6 +289,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[COUNTERS] = CollectorCounters()
     app[VALIDATOR] = Validator(settings.validation.rules())
+    app[QUERY_CONFIG] = query.QueryConfig.from_settings(settings)
 
     async def startup(app: web.Application) -> None:
         topic = settings.kafka.topics.raw
@@ -259,6 +316,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/batch", batch)
     app.router.add_get("/v1/events/count", events_count)
     app.router.add_get("/v1/live", live_now)
+    app.router.add_post("/v1/query", run_query)
+    app.router.add_get("/v1/schema/events", schema_events)
+    app.router.add_get("/v1/schema/properties", schema_properties)
+    app.router.add_get("/v1/schema/values", schema_values)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", dashboard)

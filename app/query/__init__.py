@@ -18,7 +18,7 @@ serves the UI's pickers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +43,8 @@ __all__ = [
 class QueryConfig:
     """What the query layer needs from the settings."""
 
-    defaults: Defaults = Defaults()
-    limits: Limits = Limits()
+    defaults: Defaults = field(default_factory=Defaults)
+    limits: Limits = field(default_factory=Limits)
     rollups: tuple[RollupSpec, ...] = ()
     discovery_days: int = 30
 

@@ -17,7 +17,7 @@ def parse_time(name: str, value: str | None) -> datetime | None:
     try:
         if value.lstrip("-").isdigit():
             return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)
     except (ValueError, OverflowError, OSError):
         raise BadQuery(name, f"must be ISO-8601 or epoch milliseconds, got {value[:40]!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

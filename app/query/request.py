@@ -138,6 +138,7 @@ class Common:
     filters: Filter | None
     source: Source
     project_id: str
+    now: datetime
 
     def to_dict(self) -> dict[str, Any]:
         return {"timezone": self.timezone, "date_range": self.range.to_dict(),
@@ -158,7 +159,7 @@ def _common(f: _Fields, defaults: Defaults, now: datetime) -> Common:
     except RangeError as exc:
         raise BadQuery("date_range", str(exc)) from None
     return Common(name, tz, time_range, f.filters(), f.choice("source", SOURCES, "auto"),  # type: ignore[arg-type]
-                  defaults.project_id)
+                  defaults.project_id, now)
 
 
 def _metrics(f: _Fields) -> tuple[Metric, ...]:

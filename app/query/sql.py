@@ -14,6 +14,7 @@ too, so both sources agree.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,7 +177,7 @@ def parse_filter(value: object, where: str, budget: list[int] | None = None) -> 
             number = float(raw[0])
         except (ValueError, OverflowError):
             raise BadQuery(f"{where}[2]", f"{op} compares with a number, got {str(raw[0])[:40]!r}") from None
-        if number != number or number in (float("inf"), float("-inf")):
+        if not math.isfinite(number):
             raise BadQuery(f"{where}[2]", f"{op} compares with a finite number")
         return Filter(op, dimension, (number,))
     if not raw or len(raw) > MAX_FILTER_VALUES:

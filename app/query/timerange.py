@@ -141,7 +141,7 @@ def _parse_point(text: str, tz: ZoneInfo, field: str, end: bool) -> datetime:
         if len(text) == 10:
             day = date.fromisoformat(text)
             return midnight(day + timedelta(days=1), tz) if end else midnight(day, tz)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         raise RangeError(f"{field} must be an ISO-8601 date or date-time, got {text!r}") from None
     if parsed.tzinfo is None:

@@ -130,11 +130,11 @@ async def _execute(request: web.Request, engine: ChdbEngine, query_id: str) -> w
         opts=opts,
         query_id=query_id,
         database=opts.database or (session.database if session else None) or DEFAULT_DATABASE,
-        settings={
+        settings=_without_readonly({
             **engine.info.baseline_settings,
             **(session.settings if session else {}),
             **opts.settings,
-        },
+        }),
         session=session,
         accept_encoding=request.headers.get("Accept-Encoding"),
     )
@@ -161,7 +161,7 @@ async def _insert(
 ) -> web.StreamResponse:
     """Stream the data into chdb: append block k while block k+1 is read and decoded."""
     statement = split.statement.encode("latin-1").decode("utf-8", errors="replace")
-    if request.method in ("GET", "HEAD"):
+    if _read_only(request):
         raise _readonly_error()
     handle = await conn.call(conn.begin_insert, statement, split.input_format)
     pending: asyncio.Future[None] | None = None
@@ -190,6 +190,22 @@ def _consume_exception(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _without_readonly(settings: dict[str, str]) -> dict[str, str]:
+    """The settings to apply to a pooled engine connection: all but ``readonly``.
+
+    ClickHouse applies a request's settings to that query alone. Here they are SET on a
+    connection that serves later requests too, and once ``readonly`` is set there it cannot be
+    set back (READONLY): the connection would refuse every later request's settings. The
+    endpoint enforces ``readonly`` itself instead (`_read_only`)."""
+    return {name: value for name, value in settings.items() if name != "readonly"}
+
+
+def _read_only(request: web.Request) -> bool:
+    """Whether the request may only read: a GET, or ``readonly`` set to 1 or 2."""
+    value = request.query.get("readonly", "0").strip()
+    return request.method in ("GET", "HEAD") or value not in ("", "0")
+
+
 def _readonly_error() -> QueryFailed:
     return QueryFailed(
         READONLY,
@@ -206,7 +222,7 @@ async def _statement(
     kind = await conn.call(conn.classify, sql)
     if kind.statement_count > 1:
         raise QueryFailed(SYNTAX_ERROR, "Multi-statements are not allowed (SYNTAX_ERROR)")
-    if request.method in ("GET", "HEAD") and kind.kind == "MUTATING":
+    if _read_only(request) and kind.kind == "MUTATING":
         raise _readonly_error()
     text = sql.decode("latin-1")
     fmt = output_format(text, ctx.engine.info.output_formats) or ctx.opts.default_format
