@@ -144,15 +144,16 @@ FROM (
 )"""
 
 
-def duplicates_sql(fraction: float) -> str:
-    """Copies of about *fraction* of the events: same event_id and ts, a later offset."""
+def duplicates_sql(fraction: float, part: int, parts: int) -> str:
+    """Copies of about *fraction* of the events, share *part* of *parts*: same event_id and ts,
+    a later offset."""
     per_million = round(fraction * 1_000_000)
     return f"""
 INSERT INTO events (event_id, project_id, event_name, user_id, ts, received_at, properties,
                     library, schema_id, _partition, _offset, _index)
 SELECT event_id, project_id, event_name, user_id, ts, received_at + toIntervalSecond(2), properties,
        library, schema_id, _partition, _offset + 1000000000000, _index
-FROM events WHERE cityHash64(event_id) % 1000000 < {per_million}"""
+FROM events WHERE cityHash64(event_id) % 1000000 < {per_million} AND cityHash64(event_id, 1) % {parts} = {part}"""
 
 
 def rollup_sql(spec: RollupSpec, day_start_ms: int) -> str:
@@ -170,9 +171,11 @@ def rollup_sql(spec: RollupSpec, day_start_ms: int) -> str:
             f" AND ts < fromUnixTimestamp64Milli({day_start_ms + DAY_MS}, 'UTC') GROUP BY {groups}")
 
 
-def load(client: Client, n: int, now: datetime, specs: Sequence[RollupSpec], dup_fraction: float) -> dict[str, float]:
-    """Loads *n* events over the DAYS days before *now*, the rollups and the duplicates; returns
-    the seconds each phase took."""
+def load(client: Client, n: int, now: datetime, specs: Sequence[RollupSpec], dup_fraction: float,
+         dup_parts: int = 1) -> dict[str, float]:
+    """Loads *n* events over the DAYS days before *now*, the rollups and the duplicates (in
+    *dup_parts* inserts: that many small parts in every day partition); returns the seconds
+    each phase took."""
     users = max(1, n // 10)
     start_ms = int(now.timestamp() * 1000) - DAYS * DAY_MS
     took: dict[str, float] = {}
@@ -194,9 +197,27 @@ def load(client: Client, n: int, now: datetime, specs: Sequence[RollupSpec], dup
     took["rollups"] = time.perf_counter() - began
     print(f"  rollups filled in {took['rollups']:.0f} s", flush=True)
     began = time.perf_counter()
-    client.command(duplicates_sql(dup_fraction))
+    for part in range(dup_parts):
+        client.command(duplicates_sql(dup_fraction, part, dup_parts))
     took["duplicates"] = time.perf_counter() - began
+    began = time.perf_counter()
+    settle(client)
+    took["merges"] = time.perf_counter() - began
     return took
+
+
+def settle(client: Client, timeout_s: float = 900) -> None:
+    """Waits until no background merge has run for 3 s (merges of the rollups just filled would
+    otherwise compete with the first queries timed)."""
+    quiet_since = time.monotonic()
+    deadline = quiet_since + timeout_s
+    while time.monotonic() < deadline:
+        busy = client.query("SELECT count() FROM system.merges WHERE database = currentDatabase()").result_rows[0][0]
+        if busy:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= 3:
+            return
+        time.sleep(0.5)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -242,27 +263,61 @@ class Figure:
         ordered = sorted(self.times)
         return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
+    def line(self) -> str:
+        return (f"  {self.name:<48} p50 {ms(self.p50):>9} ms  p95 {ms(self.p95):>9} ms"
+                f"  min {ms(min(self.times, default=math.nan)):>9} ms  read {self.read_rows:>12,} rows"
+                f"  {self.note}")
 
-def measure(name: str, fn: Callable[[], Any], runs: int, recorder: Recorder | None = None) -> tuple[Figure, Any]:
-    """One warm-up, then *runs* timed calls (20 when a call takes under 0.3 s)."""
-    if recorder is not None:
-        recorder.reset()
+
+@dataclass
+class Case:
+    """One thing to time: a call, its answer from the warm-up, and the SQL that call sent."""
+
+    figure: Figure
+    fn: Callable[[], Any]
+    answer: Any = None
+    warmup_s: float = 0.0
+    calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+
+
+def warm(case: Case, rec: Recorder) -> Case:
+    rec.reset()
     began = time.perf_counter()
-    result = fn()
-    first = time.perf_counter() - began
-    figure = Figure(name, read_rows=recorder.read_rows if recorder is not None else 0)
-    for _ in range(runs if first >= 0.3 else max(runs, 20)):
-        began = time.perf_counter()
-        fn()
-        figure.times.append(time.perf_counter() - began)
-    return figure, result
+    case.answer = case.fn()
+    case.warmup_s = time.perf_counter() - began
+    case.figure.read_rows = rec.read_rows
+    case.calls = list(rec.calls)
+    return case
+
+
+def time_round_robin(cases: Sequence[Case], runs: int) -> None:
+    """*runs* rounds, each timing every case once (three times when its warm-up took under
+    0.3 s): interleaved, so a burst of load from elsewhere on the machine spreads over all
+    the cases instead of landing on one."""
+    for _ in range(runs):
+        for case in cases:
+            for _ in range(3 if case.warmup_s < 0.3 else 1):
+                began = time.perf_counter()
+                case.fn()
+                case.figure.times.append(time.perf_counter() - began)
 
 
 def have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def bench_size(client: Client, n: int, now: datetime, settings: Settings, runs: int) -> tuple[list[Figure], list[str]]:
+def replay(client: Client, calls: Sequence[tuple[str, dict[str, Any], dict[str, Any]]], final: bool,
+           local: int = 1) -> Callable[[], list[list[Any]]]:
+    """A call that re-sends *calls* (the query layer's SQL): with FINAL as written, or without
+    (``events FINAL`` read as ``events``); *local* sets do_not_merge_across_partitions_select_final."""
+    def go() -> list[list[Any]]:
+        return [list(client.query(sql if final else sql.replace("events FINAL", "events"), parameters=params,
+                                  settings={**st, "do_not_merge_across_partitions_select_final": local}).result_rows)
+                for sql, params, st in calls]
+    return go
+
+
+def bench_size(client: Client, now: datetime, settings: Settings, runs: int) -> tuple[list[Figure], list[str]]:
     rec = Recorder(client)
     api = cast(Client, rec)
     config = QueryConfig.from_settings(settings)
@@ -271,58 +326,65 @@ def bench_size(client: Client, n: int, now: datetime, settings: Settings, runs: 
     first_day = (now - timedelta(days=DAYS)).date()
     last_day: date = (now - timedelta(milliseconds=1)).date()
     days = [first_day.isoformat(), last_day.isoformat()]
-    figures: list[Figure] = []
     notes: list[str] = []
+    cases: dict[str, Case] = {}
 
-    def query(name: str, body: dict[str, Any], cfg: QueryConfig = config) -> dict[str, Any]:
-        figure, answer = measure(name, lambda: run(api, body, cfg, now=now), runs, rec)
-        figure.note = f"source {answer['source']}, {answer['meta']['queries']} queries"
-        figures.append(figure)
-        print(f"  {name:<42} p50 {figure.p50 * 1000:9.1f} ms  p95 {figure.p95 * 1000:9.1f} ms"
-              f"  read {figure.read_rows:>12,} rows  {figure.note}", flush=True)
-        return answer
+    def api_case(name: str, body: dict[str, Any], cfg: QueryConfig = config) -> dict[str, Any]:
+        case = warm(Case(Figure(name), lambda: run(api, body, cfg, now=now)), rec)
+        case.figure.note = f"{case.answer['source']}, {case.answer['meta']['queries']} queries"
+        cases[name] = case
+        return cast(dict[str, Any], case.answer)
+
+    def sql_case(name: str, fn: Callable[[], Any], note: str = "") -> Any:
+        case = warm(Case(Figure(name, note=note), fn), rec)
+        cases[name] = case
+        return case.answer
 
     breakdown = {"kind": "breakdown", "events": [BREAKDOWN_EVENT], "dimensions": ["country", "device_type"],
                  "date_range": days}
-    raw = query("breakdown raw (events)", {**breakdown, "source": "events"})
-    raw_sql = rec.calls[0]
-    for label, cfg in (("breakdown routed, default rollups", config),
-                       ("breakdown routed, + hourly rollup", config_hourly)):
-        routed = query(label, {**breakdown, "source": "auto"}, cfg)
+    raw = api_case("breakdown raw (events)", {**breakdown, "source": "events"})
+    for name, cfg in (("breakdown routed, default rollups", config),
+                      ("breakdown routed, + hourly rollup", config_hourly)):
+        routed = api_case(name, {**breakdown, "source": "auto"}, cfg)
         if not routed["source"].startswith("rollup:"):
-            notes.append(f"{label}: answered by {routed['source']}, not a rollup"
+            notes.append(f"{name}: answered by {routed['source']}, not a rollup"
                          f" ({routed['meta'].get('rollup_not_used')})")
         elif routed["rows"] != raw["rows"]:
             diff = next((a, b) for a, b in itertools.zip_longest(raw["rows"], routed["rows"]) if a != b)
-            notes.append(f"{label}: rows differ from the raw answer, first difference raw {diff[0]}"
+            notes.append(f"WRONG: {name}: rows differ from the raw answer, first difference raw {diff[0]}"
                          f" vs {routed['source']} {diff[1]}")
         else:
-            notes.append(f"{label}: {routed['source']}, {len(routed['rows'])} rows equal to the raw answer")
+            notes.append(f"{name}: {routed['source']}, {len(routed['rows'])} rows, equal to the raw answer")
 
     series = {"kind": "timeseries", "events": [BREAKDOWN_EVENT], "interval": "day", "date_range": days}
-    ts_raw = query("timeseries by day (events)", {**series, "source": "events"})
-    ts_routed = query("timeseries by day (auto)", {**series, "source": "auto"})
+    ts_raw = api_case("timeseries by day (events)", {**series, "source": "events"})
+    ts_routed = api_case("timeseries by day (auto)", {**series, "source": "auto"})
     if ts_raw["rows"] != ts_routed["rows"]:
-        notes.append(f"timeseries: {ts_routed['source']} rows differ from the raw answer")
+        notes.append(f"WRONG: timeseries: {ts_routed['source']} rows differ from the raw answer")
+    else:
+        notes.append(f"timeseries by day: {ts_routed['source']}, {len(ts_routed['rows'])} rows, equal to the raw answer")
 
     if have("app.query.funnel"):
-        funnel = {"kind": "funnel", "steps": FUNNEL, "window": "14d", "date_range": days}
-        answer = query("funnel 4 steps", funnel)
+        answer = api_case("funnel 4 steps", {"kind": "funnel", "steps": FUNNEL, "window": "14d", "date_range": days})
         users = [row["users"] for row in answer["rows"]]
-        wf, wf_users = window_funnel(client, now, runs)
-        figures.append(wf)
-        print(f"  {wf.name:<42} p50 {wf.p50 * 1000:9.1f} ms  p95 {wf.p95 * 1000:9.1f} ms", flush=True)
-        same = "the same" if users == wf_users else "DIFFERENT"
+        wf_users = sql_case("funnel 4 steps, windowFunnel (counts only)", window_funnel(api, now))
+        same = "the same" if users == wf_users else "DIFFERENT counts"
         notes.append(f"funnel users per step {users}; windowFunnel gives {same} {wf_users}")
     else:
         notes.append("funnel: app/query/funnel.py is not on this branch yet: not measured")
     if have("app.query.retention"):
-        query("retention 8 weeks", {"kind": "retention", "start_event": "session_start",
-                                    "period": "week", "periods": 8, "date_range": days})
+        answer = api_case("retention 8 weeks", {"kind": "retention", "start_event": "session_start",
+                                                "period": "week", "periods": 8, "date_range": days})
+        first = [r for r in answer["rows"] if r["cohort"] == answer["rows"][0]["cohort"]]
+        notes.append(f"retention: {len(answer['rows'])} rows; first cohort {first[0]['cohort']}:"
+                     f" {first[0]['cohort_size']:,} users, by week "
+                     + " ".join("-" if r["rate"] is None else f"{r['rate']:.0%}" for r in first))
     else:
         notes.append("retention: app/query/retention.py is not on this branch yet: not measured")
     if have("app.query.uniques"):
-        query("uniques exact", {"kind": "uniques", "date_range": days})
+        answer = api_case("uniques exact", {"kind": "uniques", "date_range": days})
+        notes.append(f"uniques exact: {answer['rows'][0]['users']:,} users"
+                     " (method hll needs real sketches, which this bench's rollups do not hold)")
     else:
         notes.append("uniques: app/query/uniques.py is not on this branch yet: not measured")
     if have("app.query.discovery"):
@@ -335,36 +397,43 @@ def bench_size(client: Client, n: int, now: datetime, settings: Settings, runs: 
             ("discovery values prop:path q='page/1'",
              lambda: discovery.values(api, config, "prop:path", "page_view", "page/1", None)),
         ):
-            figure, _ = measure(name, fn, runs, rec)
-            figures.append(figure)
-            print(f"  {name:<42} p50 {figure.p50 * 1000:9.1f} ms  p95 {figure.p95 * 1000:9.1f} ms"
-                  f"  read {figure.read_rows:>12,} rows", flush=True)
+            sql_case(name, fn)
     else:
         notes.append("discovery: app/query/discovery.py is not on this branch yet: not measured")
 
-    # What FINAL costs: the raw breakdown's own SQL, three ways.
-    sql, params, query_settings = raw_sql
-    assert "events FINAL" in sql, sql
+    # What FINAL costs: the raw breakdown's own SQL three ways; and the kinds whose answers
+    # do not depend on duplicates (sets of users) without FINAL, answers compared.
+    calls = cases["breakdown raw (events)"].calls
+    assert len(calls) == 1 and "events FINAL" in calls[0][0], calls
     counts = {}
-    for label, text, local in (("FINAL", sql, 0), ("FINAL, partition-local (current)", sql, 1),
-                               ("no FINAL", sql.replace("events FINAL", "events"), 1)):
-        settings_now = {**query_settings, "do_not_merge_across_partitions_select_final": local}
-
-        def once(text: str = text, settings_now: dict[str, Any] = settings_now) -> Any:
-            return client.query(text, parameters=params, settings=settings_now).result_rows
-
-        figure, rows = measure(f"breakdown SQL, {label}", once, runs)
-        counts[label] = sum(int(r[len(r) - 2]) for r in rows)
-        figures.append(figure)
-        print(f"  {figure.name:<42} p50 {figure.p50 * 1000:9.1f} ms  p95 {figure.p95 * 1000:9.1f} ms"
-              f"  {counts[label]:,} events", flush=True)
+    for name, final, local in (("FINAL", True, 0), ("FINAL, partition-local (current)", True, 1),
+                               ("no FINAL", False, 1)):
+        rows = sql_case(f"breakdown SQL, {name}", replay(api, calls, final, local))[0]
+        counts[name] = sum(int(r[len(r) - 2]) for r in rows)
+        cases[f"breakdown SQL, {name}"].figure.note = f"{counts[name]:,} events"
     extra = counts["no FINAL"] - counts["FINAL"]
     notes.append(f"without FINAL the breakdown counts {extra:,} copies twice"
                  f" ({extra / max(1, counts['FINAL']):.2%} of {counts['FINAL']:,})")
-    return figures, notes
+    for kind in ("funnel 4 steps", "retention 8 weeks", "uniques exact"):
+        if kind in cases:
+            with_final = replay(api, cases[kind].calls, True)()
+            without = sql_case(f"{kind}, its SQL without FINAL", replay(api, cases[kind].calls, False))
+            same = "the same" if without == with_final else "DIFFERENT"
+            notes.append(f"{kind}: its SQL without FINAL gives {same} result rows")
+
+    print(f"  timing {len(cases)} cases, {runs} rounds (load average {load_average()})", flush=True)
+    time_round_robin(list(cases.values()), runs)
+    print(f"  done (load average {load_average()})")
+    for case in cases.values():
+        print(case.figure.line())
+    return [case.figure for case in cases.values()], notes
 
 
-def window_funnel(client: Client, now: datetime, runs: int) -> tuple[Figure, list[int]]:
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def window_funnel(client: Client, now: datetime) -> Callable[[], list[int]]:
     """The funnel's users per step by `windowFunnel` (ms timestamps, 14-day window), for scale."""
     end_ms = int(now.timestamp() * 1000)
     start_ms = end_ms - DAYS * DAY_MS
@@ -379,11 +448,12 @@ def window_funnel(client: Client, now: datetime, runs: int) -> tuple[Figure, lis
            f" AND ts >= fromUnixTimestamp64Milli({start_ms}, 'UTC')"
            f" AND ts < fromUnixTimestamp64Milli({end_ms + window_ms}, 'UTC') GROUP BY user_id)"
            " WHERE level > 0 GROUP BY level")
-    settings = {"do_not_merge_across_partitions_select_final": 1}
-    figure, rows = measure("funnel 4 steps, windowFunnel (counts only)",
-                           lambda: client.query(sql, settings=settings).result_rows, runs)
-    at = {int(level): int(users) for level, users in rows}
-    return figure, [sum(u for lv, u in at.items() if lv >= k) for k in range(1, len(FUNNEL) + 1)]
+
+    def go() -> list[int]:
+        rows = client.query(sql, settings={"do_not_merge_across_partitions_select_final": 1}).result_rows
+        at = {int(level): int(users) for level, users in rows}
+        return [sum(u for lv, u in at.items() if lv >= k) for k in range(1, len(FUNNEL) + 1)]
+    return go
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -405,8 +475,8 @@ def report(results: dict[int, list[Figure]], runs: int) -> None:
         head += f"{label(n) + ' p50':>12}{label(n) + ' p95':>12}"
         if i:
             head += f"{'x' + label(sizes[i - 1]):>8}"
-    print(f"\nmedian (p50) and p95 of {runs}+ runs (20 for queries under 0.3 s), one warm-up;"
-          " x: p50 growth from the previous size")
+    print(f"\nmedian (p50) and p95 (nearest rank) of {runs} runs ({3 * runs} for queries under 0.3 s),"
+          " after one warm-up, all queries interleaved; x: p50 growth from the previous size")
     print(head + "   target")
     for name in names:
         line = f"{name:<{width}}"
@@ -421,6 +491,27 @@ def report(results: dict[int, list[Figure]], runs: int) -> None:
         print(line + (f"   {TARGETS[name]}" if name in TARGETS else ""))
 
 
+def phases(took: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in took.items())
+
+
+def describe(client: Client, specs: Sequence[RollupSpec]) -> None:
+    """Prints what was loaded: rows, events, users and their events, parts, bytes, rollup sizes."""
+    rows, users, q50, q99, top = client.query(
+        "SELECT sum(c), count(), quantileExact(0.5)(c), quantileExact(0.99)(c), max(c)"
+        " FROM (SELECT user_id, count() AS c FROM events GROUP BY user_id)").result_rows[0]
+    distinct = client.query("SELECT uniqExact(event_id) FROM events").result_rows[0][0]
+    parts, partitions, size = client.query(
+        "SELECT count(), uniqExact(partition), sum(bytes_on_disk) FROM system.parts"
+        " WHERE database = currentDatabase() AND table = 'events' AND active").result_rows[0]
+    print(f"  {rows:,} rows = {distinct:,} events + {rows - distinct:,} copies; {users:,} users"
+          f" (events a user: median {q50}, p99 {q99}, max {top:,}); {parts} parts in {partitions}"
+          f" day partitions, {size / 1e9:.2f} GB on disk")
+    for spec in specs:
+        count = int(client.query(f"SELECT count() FROM `{table_name(spec)}`").result_rows[0][0])
+        print(f"  rollup {spec.name}: {count:,} rows ({distinct / max(count, 1):.1f} events a row)")
+
+
 def sizes_from(text: str) -> list[int]:
     return [int(float(part)) for part in text.split(",") if part.strip()]
 
@@ -432,6 +523,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="timed runs per query [7]")
     parser.add_argument("--dup-fraction", type=float, default=0.005,
                         help="events copied as redelivered duplicates [0.005]")
+    parser.add_argument("--dup-parts", type=int, default=1,
+                        help="inserts the copies arrive in: unmerged parts per day partition [1]")
     parser.add_argument("--keep-data", action="store_true", help="do not drop each size's database")
     args = parser.parse_args()
     # SIGINT (timeout -s INT) and SIGTERM end the run through the finally below, which stops the
@@ -467,22 +560,10 @@ def main() -> None:
                 specs = [*settings.aggregate.rollups, HOURLY]
                 ensure_tables(client, specs)
                 print(f"\n{label(n)} events: loading", flush=True)
-                loads[n] = load(client, n, now, specs, args.dup_fraction)
-                stats = client.query(
-                    "SELECT count(), uniqExact(event_id), uniqExact(user_id),"
-                    " (SELECT count() FROM system.parts WHERE database = currentDatabase()"
-                    "  AND table = 'events' AND active),"
-                    " (SELECT sum(bytes_on_disk) FROM system.parts WHERE database = currentDatabase()"
-                    "  AND table = 'events' AND active) FROM events").result_rows[0]
-                sizes_rollups = {spec.name: int(client.query(f"SELECT count() FROM `{table_name(spec)}`").result_rows[0][0])
-                                 for spec in specs}
-                print(f"  loaded in {sum(loads[n].values()):.0f} s (events {loads[n]['events']:.0f} s,"
-                      f" rollups {loads[n]['rollups']:.0f} s, duplicates {loads[n]['duplicates']:.1f} s):"
-                      f" {stats[0]:,} rows, {stats[1]:,} distinct events, {stats[2]:,} users,"
-                      f" {stats[3]} parts, {stats[4] / 1e9:.2f} GB")
-                for name, rows in sizes_rollups.items():
-                    print(f"  rollup {name}: {rows:,} rows ({stats[1] / max(rows, 1):.1f} events a row)")
-                results[n], all_notes[n] = bench_size(client, n, now, settings, args.runs)
+                loads[n] = load(client, n, now, specs, args.dup_fraction, args.dup_parts)
+                print(f"  loaded in {sum(loads[n].values()):.0f} s: {phases(loads[n])}")
+                describe(client, specs)
+                results[n], all_notes[n] = bench_size(client, now, settings, args.runs)
                 for note in all_notes[n]:
                     print(f"  - {note}")
                 if not args.keep_data:
@@ -498,8 +579,7 @@ def main() -> None:
     report(results, args.runs)
     for n in sizes:
         if n in loads:
-            print(f"load {label(n)}: events {loads[n]['events']:.0f} s, rollups {loads[n]['rollups']:.0f} s,"
-                  f" duplicates {loads[n]['duplicates']:.1f} s")
+            print(f"load {label(n)}: {phases(loads[n])}")
 
 
 if __name__ == "__main__":
