@@ -40,6 +40,7 @@ import dataclasses
 import importlib.util
 import itertools
 import math
+import os
 import shutil
 import signal
 import statistics
@@ -249,6 +250,7 @@ class Recorder:
 class Figure:
     name: str
     times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # ClickHouse process CPU seconds per call
     read_rows: int = 0
     note: str = ""
 
@@ -263,10 +265,14 @@ class Figure:
         ordered = sorted(self.times)
         return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
+    @property
+    def cpu50(self) -> float:
+        return statistics.median(self.cpu) if self.cpu else math.nan
+
     def line(self) -> str:
         return (f"  {self.name:<48} p50 {ms(self.p50):>9} ms  p95 {ms(self.p95):>9} ms"
-                f"  min {ms(min(self.times, default=math.nan)):>9} ms  read {self.read_rows:>12,} rows"
-                f"  {self.note}")
+                f"  min {ms(min(self.times, default=math.nan)):>9} ms  server CPU {ms(self.cpu50):>9} ms"
+                f"  read {self.read_rows:>12,} rows  {self.note}")
 
 
 @dataclass
@@ -278,28 +284,45 @@ class Case:
     answer: Any = None
     warmup_s: float = 0.0
     calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    failed: bool = False
 
 
 def warm(case: Case, rec: Recorder) -> Case:
+    """Runs *case* once, keeping its answer and SQL; a failure (a time or memory limit of the
+    query layer, a ClickHouse error) is reported and the case is not timed."""
     rec.reset()
     began = time.perf_counter()
-    case.answer = case.fn()
+    try:
+        case.answer = case.fn()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: the other cases still run
+        case.failed = True
+        case.figure.note = f"FAILED after {time.perf_counter() - began:.1f} s: {type(exc).__name__}: {str(exc)[:300]}"
+        print(f"  {case.figure.name}: {case.figure.note}", flush=True)
     case.warmup_s = time.perf_counter() - began
     case.figure.read_rows = rec.read_rows
     case.calls = list(rec.calls)
     return case
 
 
-def time_round_robin(cases: Sequence[Case], runs: int) -> None:
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of *pid* and its threads (chdb runs its queries on the process's threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_round_robin(cases: Sequence[Case], runs: int, server_pid: int) -> None:
     """*runs* rounds, each timing every case once (three times when its warm-up took under
     0.3 s): interleaved, so a burst of load from elsewhere on the machine spreads over all
-    the cases instead of landing on one."""
+    the cases instead of landing on one. The ClickHouse process's CPU time per call is kept
+    too: on a shared machine it moves far less than wall time (10 ms clock ticks)."""
     for _ in range(runs):
         for case in cases:
-            for _ in range(3 if case.warmup_s < 0.3 else 1):
+            for _ in range(0 if case.failed else 3 if case.warmup_s < 0.3 else 1):
+                cpu = cpu_seconds(server_pid)
                 began = time.perf_counter()
                 case.fn()
                 case.figure.times.append(time.perf_counter() - began)
+                case.figure.cpu.append(cpu_seconds(server_pid) - cpu)
 
 
 def have(module: str) -> bool:
@@ -317,7 +340,8 @@ def replay(client: Client, calls: Sequence[tuple[str, dict[str, Any], dict[str, 
     return go
 
 
-def bench_size(client: Client, now: datetime, settings: Settings, runs: int) -> tuple[list[Figure], list[str]]:
+def bench_size(client: Client, now: datetime, settings: Settings, runs: int,
+               server_pid: int) -> tuple[list[Figure], list[str]]:
     rec = Recorder(client)
     api = cast(Client, rec)
     config = QueryConfig.from_settings(settings)
@@ -329,11 +353,12 @@ def bench_size(client: Client, now: datetime, settings: Settings, runs: int) -> 
     notes: list[str] = []
     cases: dict[str, Case] = {}
 
-    def api_case(name: str, body: dict[str, Any], cfg: QueryConfig = config) -> dict[str, Any]:
+    def api_case(name: str, body: dict[str, Any], cfg: QueryConfig = config) -> dict[str, Any] | None:
         case = warm(Case(Figure(name), lambda: run(api, body, cfg, now=now)), rec)
-        case.figure.note = f"{case.answer['source']}, {case.answer['meta']['queries']} queries"
+        if not case.failed:
+            case.figure.note = f"{case.answer['source']}, {case.answer['meta']['queries']} queries"
         cases[name] = case
-        return cast(dict[str, Any], case.answer)
+        return cast(dict[str, Any] | None, case.answer)
 
     def sql_case(name: str, fn: Callable[[], Any], note: str = "") -> Any:
         case = warm(Case(Figure(name, note=note), fn), rec)
@@ -346,6 +371,8 @@ def bench_size(client: Client, now: datetime, settings: Settings, runs: int) -> 
     for name, cfg in (("breakdown routed, default rollups", config),
                       ("breakdown routed, + hourly rollup", config_hourly)):
         routed = api_case(name, {**breakdown, "source": "auto"}, cfg)
+        if routed is None or raw is None:
+            continue
         if not routed["source"].startswith("rollup:"):
             notes.append(f"{name}: answered by {routed['source']}, not a rollup"
                          f" ({routed['meta'].get('rollup_not_used')})")
@@ -359,32 +386,37 @@ def bench_size(client: Client, now: datetime, settings: Settings, runs: int) -> 
     series = {"kind": "timeseries", "events": [BREAKDOWN_EVENT], "interval": "day", "date_range": days}
     ts_raw = api_case("timeseries by day (events)", {**series, "source": "events"})
     ts_routed = api_case("timeseries by day (auto)", {**series, "source": "auto"})
-    if ts_raw["rows"] != ts_routed["rows"]:
+    if ts_raw is None or ts_routed is None:
+        pass
+    elif ts_raw["rows"] != ts_routed["rows"]:
         notes.append(f"WRONG: timeseries: {ts_routed['source']} rows differ from the raw answer")
     else:
         notes.append(f"timeseries by day: {ts_routed['source']}, {len(ts_routed['rows'])} rows, equal to the raw answer")
 
     if have("app.query.funnel"):
         answer = api_case("funnel 4 steps", {"kind": "funnel", "steps": FUNNEL, "window": "14d", "date_range": days})
-        users = [row["users"] for row in answer["rows"]]
         wf_users = sql_case("funnel 4 steps, windowFunnel (counts only)", window_funnel(api, now))
-        same = "the same" if users == wf_users else "DIFFERENT counts"
-        notes.append(f"funnel users per step {users}; windowFunnel gives {same} {wf_users}")
+        if answer is not None:
+            users = [row["users"] for row in answer["rows"]]
+            same = "the same" if users == wf_users else "DIFFERENT counts"
+            notes.append(f"funnel users per step {users}; windowFunnel gives {same} {wf_users}")
     else:
         notes.append("funnel: app/query/funnel.py is not on this branch yet: not measured")
     if have("app.query.retention"):
         answer = api_case("retention 8 weeks", {"kind": "retention", "start_event": "session_start",
                                                 "period": "week", "periods": 8, "date_range": days})
-        first = [r for r in answer["rows"] if r["cohort"] == answer["rows"][0]["cohort"]]
-        notes.append(f"retention: {len(answer['rows'])} rows; first cohort {first[0]['cohort']}:"
-                     f" {first[0]['cohort_size']:,} users, by week "
-                     + " ".join("-" if r["rate"] is None else f"{r['rate']:.0%}" for r in first))
+        if answer is not None:
+            first = [r for r in answer["rows"] if r["cohort"] == answer["rows"][0]["cohort"]]
+            notes.append(f"retention: {len(answer['rows'])} rows; first cohort {first[0]['cohort']}:"
+                         f" {first[0]['cohort_size']:,} users, by week "
+                         + " ".join("-" if r["rate"] is None else f"{r['rate']:.0%}" for r in first))
     else:
         notes.append("retention: app/query/retention.py is not on this branch yet: not measured")
     if have("app.query.uniques"):
         answer = api_case("uniques exact", {"kind": "uniques", "date_range": days})
-        notes.append(f"uniques exact: {answer['rows'][0]['users']:,} users"
-                     " (method hll needs real sketches, which this bench's rollups do not hold)")
+        if answer is not None:
+            notes.append(f"uniques exact: {answer['rows'][0]['users']:,} users"
+                         " (method hll needs real sketches, which this bench's rollups do not hold)")
     else:
         notes.append("uniques: app/query/uniques.py is not on this branch yet: not measured")
     if have("app.query.discovery"):
@@ -403,26 +435,34 @@ def bench_size(client: Client, now: datetime, settings: Settings, runs: int) -> 
 
     # What FINAL costs: the raw breakdown's own SQL three ways; and the kinds whose answers
     # do not depend on duplicates (sets of users) without FINAL, answers compared.
-    calls = cases["breakdown raw (events)"].calls
-    assert len(calls) == 1 and "events FINAL" in calls[0][0], calls
-    counts = {}
-    for name, final, local in (("FINAL", True, 0), ("FINAL, partition-local (current)", True, 1),
-                               ("no FINAL", False, 1)):
-        rows = sql_case(f"breakdown SQL, {name}", replay(api, calls, final, local))[0]
-        counts[name] = sum(int(r[len(r) - 2]) for r in rows)
-        cases[f"breakdown SQL, {name}"].figure.note = f"{counts[name]:,} events"
-    extra = counts["no FINAL"] - counts["FINAL"]
-    notes.append(f"without FINAL the breakdown counts {extra:,} copies twice"
-                 f" ({extra / max(1, counts['FINAL']):.2%} of {counts['FINAL']:,})")
+    raw_case = cases["breakdown raw (events)"]
+    if not raw_case.failed:
+        calls = raw_case.calls
+        assert len(calls) == 1 and "events FINAL" in calls[0][0], calls
+        counts = {}
+        for name, final, local in (("FINAL", True, 0), ("FINAL, partition-local (current)", True, 1),
+                                   ("no FINAL", False, 1)):
+            answer = sql_case(f"breakdown SQL, {name}", replay(api, calls, final, local))
+            if answer is not None:
+                counts[name] = sum(int(r[len(r) - 2]) for r in answer[0])
+                cases[f"breakdown SQL, {name}"].figure.note = f"{counts[name]:,} events"
+        if "no FINAL" in counts and "FINAL" in counts:
+            extra = counts["no FINAL"] - counts["FINAL"]
+            notes.append(f"without FINAL the breakdown counts {extra:,} copies twice"
+                         f" ({extra / max(1, counts['FINAL']):.2%} of {counts['FINAL']:,})")
     for kind in ("funnel 4 steps", "retention 8 weeks", "uniques exact"):
-        if kind in cases:
-            with_final = replay(api, cases[kind].calls, True)()
-            without = sql_case(f"{kind}, its SQL without FINAL", replay(api, cases[kind].calls, False))
-            same = "the same" if without == with_final else "DIFFERENT"
-            notes.append(f"{kind}: its SQL without FINAL gives {same} result rows")
+        if kind in cases and not cases[kind].failed:
+            kind_calls = cases[kind].calls
+            without = sql_case(f"{kind}, its SQL without FINAL", replay(api, kind_calls, False))
+            if without is not None:
+                with_final = replay(api, kind_calls, True)()
+                # Rows compared as sets: a GROUP BY without ORDER BY returns them in any order.
+                same = "the same" if [sorted(map(repr, r)) for r in without] == \
+                    [sorted(map(repr, r)) for r in with_final] else "DIFFERENT"
+                notes.append(f"{kind}: its SQL without FINAL gives {same} result rows")
 
     print(f"  timing {len(cases)} cases, {runs} rounds (load average {load_average()})", flush=True)
-    time_round_robin(list(cases.values()), runs)
+    time_round_robin(list(cases.values()), runs, server_pid)
     print(f"  done (load average {load_average()})")
     for case in cases.values():
         print(case.figure.line())
@@ -472,23 +512,29 @@ def report(results: dict[int, list[Figure]], runs: int) -> None:
     width = max(len(n) for n in names) + 2
     head = f"{'query (ms)':<{width}}"
     for i, n in enumerate(sizes):
-        head += f"{label(n) + ' p50':>12}{label(n) + ' p95':>12}"
+        head += f"{label(n) + ' p50':>12}{label(n) + ' p95':>12}{label(n) + ' CPU':>12}"
         if i:
-            head += f"{'x' + label(sizes[i - 1]):>8}"
-    print(f"\nmedian (p50) and p95 (nearest rank) of {runs} runs ({3 * runs} for queries under 0.3 s),"
-          " after one warm-up, all queries interleaved; x: p50 growth from the previous size")
+            head += f"{'x' + label(sizes[i - 1]):>8}{'CPU x':>7}"
+    print(f"\np50 and p95 (nearest rank) of {runs} runs ({3 * runs} for queries under 0.3 s) after one"
+          " warm-up, all queries interleaved, wall time through the function API (HTTP included);\n"
+          "CPU: median ClickHouse process CPU time a call (10 ms ticks); x: growth of p50, CPU x: of CPU,"
+          " from the previous size")
     print(head + "   target")
     for name in names:
         line = f"{name:<{width}}"
         previous: Figure | None = None
         for i, n in enumerate(sizes):
             figure = next((f for f in results[n] if f.name == name), Figure(name))
-            line += f"{ms(figure.p50):>12}{ms(figure.p95):>12}"
+            line += f"{ms(figure.p50):>12}{ms(figure.p95):>12}{ms(figure.cpu50):>12}"
             if i:
-                ratio = figure.p50 / previous.p50 if previous and previous.times and figure.times else math.nan
-                line += f"{'-' if math.isnan(ratio) else f'{ratio:.1f}x':>8}"
+                line += f"{ratio(figure.p50, previous.p50 if previous else math.nan):>8}"
+                line += f"{ratio(figure.cpu50, previous.cpu50 if previous else math.nan):>7}"
             previous = figure
         print(line + (f"   {TARGETS[name]}" if name in TARGETS else ""))
+
+
+def ratio(now: float, before: float) -> str:
+    return "-" if math.isnan(now) or math.isnan(before) or before <= 0 else f"{now / before:.1f}x"
 
 
 def phases(took: dict[str, float]) -> str:
@@ -548,7 +594,9 @@ def main() -> None:
     try:
         child.start()
         child.wait_ready(90)
-        print(f"embedded ClickHouse pid {child.pid} on {HOST}:{port}, data in {tmp};"
+        server_pid = child.pid
+        assert server_pid is not None
+        print(f"embedded ClickHouse pid {server_pid} on {HOST}:{port}, data in {tmp};"
               f" now = {now.isoformat()}, {DAYS} days of events before it")
         for n in sizes:
             settings = base.model_copy(update={"clickhouse": base.clickhouse.model_copy(
@@ -563,7 +611,7 @@ def main() -> None:
                 loads[n] = load(client, n, now, specs, args.dup_fraction, args.dup_parts)
                 print(f"  loaded in {sum(loads[n].values()):.0f} s: {phases(loads[n])}")
                 describe(client, specs)
-                results[n], all_notes[n] = bench_size(client, now, settings, args.runs)
+                results[n], all_notes[n] = bench_size(client, now, settings, args.runs, server_pid)
                 for note in all_notes[n]:
                     print(f"  - {note}")
                 if not args.keep_data:
