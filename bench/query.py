@@ -1,36 +1,45 @@
 """The query API over 1M, 10M (and 100M) events: latency of each query kind, and what FINAL costs.
 
     PYTHONPATH=. .venv/bin/python bench/query.py [--rows 1e6,1e7] [--with-100m] [--runs 7]
-        [--dup-fraction 0.005] [--keep-data]
+        [--dup-fraction 0.005] [--dup-parts 1] [--keep-data]
 
 Starts the embedded ClickHouse (`python -m app.cli clickhouse`, a free loopback port, a
-temporary data directory removed at the end), and for each size:
+temporary data directory removed at the end; the child is stopped by its pid), and for each
+size, in a database of its own (dropped afterwards):
 
-1. creates a database with the real migrations and rollup tables (the configured rollups plus
+1. creates the tables with the real migrations and rollup tables (the configured rollups plus
    one bench-only hourly country x device rollup), and loads N synthetic events server-side,
    one day partition at a time, with ``INSERT INTO events SELECT ... FROM numbers(...)``:
-   30 days before a fixed "now" (today's UTC midnight), ~20 event names with a Zipf-like skew,
-   N/10 users (skewed: a few heavy users), per-user country, device type, browser, plan and app
-   version in ``properties`` (the hot columns fill from their DEFAULTs), a price on purchases,
-   a path on page views, and provenance columns;
+   30 days before a fixed "now" (today's UTC midnight: discovery reads the server clock),
+   20 event names with a Zipf-like skew, ids for N/10 users drawn with a skew (a few heavy
+   users), per-user country, device type, browser, plan and app version in ``properties``
+   (the hot columns fill from their DEFAULTs), a price on purchases, a path on page views,
+   and provenance columns;
 2. fills every rollup table from the events with the GROUP BY the worker computes (window,
-   dimensions, events.clean partition; ``sketch`` and ``state`` empty), one day at a time;
-3. inserts copies of --dup-fraction of the events (same event_id and ts, another offset), as
-   a redelivery would: one unmerged part in every day partition, so FINAL has work to do;
-4. times each query through the function API (``app.query.run`` over HTTP with
-   clickhouse-connect, what ``POST /v1/query`` runs), one warm-up and then --runs runs
-   (at least 20 for queries under 0.3 s), and prints p50 and p95 (nearest rank): a 2-dimension
-   breakdown of one event over the raw events, the same routed to a rollup (checked: the answer
-   names a rollup and its rows equal the raw answer), a time series by day (raw and routed),
-   a 4-step funnel (and the same counts by ClickHouse's ``windowFunnel``, for comparison),
-   8-week retention, exact uniques and the three discovery functions;
-5. times the raw breakdown's own SQL with plain FINAL, partition-local FINAL (what the query
-   layer runs: ``do_not_merge_across_partitions_select_final=1``) and no FINAL.
+   dimensions, events.clean partition by event_id; ``sketch`` and ``state`` empty), a day
+   at a time;
+3. inserts copies of --dup-fraction of the events (same event_id and ts, a later offset), as
+   redeliveries would: --dup-parts unmerged parts in every day partition, so FINAL has work;
+   then waits for background merges to stop;
+4. runs every case once (the warm-up, whose answers are checked: a routed breakdown or time
+   series must name a rollup and equal the raw answer; the funnel's users per step must equal
+   ``windowFunnel``'s), then times all of them interleaved, --runs rounds (three calls a round
+   for cases under 0.3 s), and prints p50, p95 (nearest rank), min, the ClickHouse process's
+   CPU time a call (steadier than wall time on a shared machine) and rows read. Cases: through
+   the function API (``app.query.run`` over HTTP with clickhouse-connect, what
+   ``POST /v1/query`` runs): a 2-dimension breakdown of one event over the raw events, the
+   same routed to the configured rollups and to the bench-only hourly one, a time series by
+   day (raw and routed), a 4-step funnel, 8-week retention, exact uniques and the discovery
+   functions; as SQL: the funnel's counts by ``windowFunnel``; the raw breakdown's own SQL
+   with plain FINAL, partition-local FINAL (what the query layer runs:
+   ``do_not_merge_across_partitions_select_final=1``) and no FINAL; and the funnel, retention
+   and uniques SQL without FINAL (answers compared with FINAL's).
 
-Then one table for all sizes, with the growth from one size to the next (p50 ratio), beside
-the targets (never asserted): raw 2-dim breakdown at 100M under 1 s, routed breakdown p95
-under 50 ms, 4-step funnel at 10M under 1 s. 100M rows need ~10 GB of disk and ~15 min to
-load on 2 cores. Query kinds not present in app/query yet are reported as missing.
+A case that fails (a query-layer time or memory limit, say) is reported and not timed. Then one
+table for all sizes, with the growth from one size to the next (p50 and CPU ratios), beside
+the targets (printed, never asserted): raw 2-dim breakdown at 100M under 1 s, routed
+breakdown p95 under 50 ms, 4-step funnel at 10M under 1 s. 100M rows need ~7 GB of disk.
+Query kinds not present in app/query yet are reported as not measured.
 """
 
 from __future__ import annotations
@@ -508,6 +517,8 @@ def ms(seconds: float) -> str:
 
 def report(results: dict[int, list[Figure]], runs: int) -> None:
     sizes = sorted(results)
+    if not sizes:
+        return
     names = list(dict.fromkeys(f.name for n in sizes for f in results[n]))
     width = max(len(n) for n in names) + 2
     head = f"{'query (ms)':<{width}}"
@@ -591,6 +602,7 @@ def main() -> None:
     results: dict[int, list[Figure]] = {}
     all_notes: dict[int, list[str]] = {}
     loads: dict[int, dict[str, float]] = {}
+    interrupted = False
     try:
         child.start()
         child.wait_ready(90)
@@ -598,26 +610,30 @@ def main() -> None:
         assert server_pid is not None
         print(f"embedded ClickHouse pid {server_pid} on {HOST}:{port}, data in {tmp};"
               f" now = {now.isoformat()}, {DAYS} days of events before it")
-        for n in sizes:
-            settings = base.model_copy(update={"clickhouse": base.clickhouse.model_copy(
-                update={"url": f"http://{HOST}:{port}", "database": f"rv_bench_query_{label(n).lower()}"})})
-            clickhouse.ensure_database(settings.clickhouse)
-            client = clickhouse.connect(settings.clickhouse, send_receive_timeout=3600)
-            try:
-                migrate(client)
-                specs = [*settings.aggregate.rollups, HOURLY]
-                ensure_tables(client, specs)
-                print(f"\n{label(n)} events: loading", flush=True)
-                loads[n] = load(client, n, now, specs, args.dup_fraction, args.dup_parts)
-                print(f"  loaded in {sum(loads[n].values()):.0f} s: {phases(loads[n])}")
-                describe(client, specs)
-                results[n], all_notes[n] = bench_size(client, now, settings, args.runs, server_pid)
-                for note in all_notes[n]:
-                    print(f"  - {note}")
-                if not args.keep_data:
-                    client.command(f"DROP DATABASE `{settings.clickhouse.database}` SYNC")
-            finally:
-                client.close()
+        try:
+            for n in sizes:
+                settings = base.model_copy(update={"clickhouse": base.clickhouse.model_copy(
+                    update={"url": f"http://{HOST}:{port}", "database": f"rv_bench_query_{label(n).lower()}"})})
+                clickhouse.ensure_database(settings.clickhouse)
+                client = clickhouse.connect(settings.clickhouse, send_receive_timeout=3600)
+                try:
+                    migrate(client)
+                    specs = [*settings.aggregate.rollups, HOURLY]
+                    ensure_tables(client, specs)
+                    print(f"\n{label(n)} events: loading", flush=True)
+                    loads[n] = load(client, n, now, specs, args.dup_fraction, args.dup_parts)
+                    print(f"  loaded in {sum(loads[n].values()):.0f} s: {phases(loads[n])}")
+                    describe(client, specs)
+                    results[n], all_notes[n] = bench_size(client, now, settings, args.runs, server_pid)
+                    for note in all_notes[n]:
+                        print(f"  - {note}")
+                    if not args.keep_data:
+                        client.command(f"DROP DATABASE `{settings.clickhouse.database}` SYNC")
+                finally:
+                    client.close()
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\ninterrupted: reporting the sizes done", flush=True)
     finally:
         child.stop()
         if not args.keep_data:
@@ -628,6 +644,8 @@ def main() -> None:
     for n in sizes:
         if n in loads:
             print(f"load {label(n)}: {phases(loads[n])}")
+    if interrupted:
+        sys.exit(130)
 
 
 if __name__ == "__main__":
