@@ -262,6 +262,8 @@ class Figure:
     cpu: list[float] = field(default_factory=list)  # ClickHouse process CPU seconds per call
     read_rows: int = 0
     note: str = ""
+    failures: int = 0  # timed runs that failed (a limit hit under load), not in times
+    failure: str = ""
 
     @property
     def p50(self) -> float:
@@ -281,7 +283,8 @@ class Figure:
     def line(self) -> str:
         return (f"  {self.name:<48} p50 {ms(self.p50):>9} ms  p95 {ms(self.p95):>9} ms"
                 f"  min {ms(min(self.times, default=math.nan)):>9} ms  server CPU {ms(self.cpu50):>9} ms"
-                f"  read {self.read_rows:>12,} rows  {self.note}")
+                f"  read {self.read_rows:>12,} rows  {self.note}"
+                + (f" ({self.failures} runs FAILED: {self.failure})" if self.failures else ""))
 
 
 @dataclass
@@ -329,7 +332,12 @@ def time_round_robin(cases: Sequence[Case], runs: int, server_pid: int) -> None:
             for _ in range(0 if case.failed else 3 if case.warmup_s < 0.3 else 1):
                 cpu = cpu_seconds(server_pid)
                 began = time.perf_counter()
-                case.fn()
+                try:
+                    case.fn()
+                except Exception as exc:  # noqa: BLE001 - a limit hit in one run: counted, not timed
+                    case.figure.failures += 1
+                    case.figure.failure = f"{type(exc).__name__}: {str(exc)[:160]}"
+                    continue
                 case.figure.times.append(time.perf_counter() - began)
                 case.figure.cpu.append(cpu_seconds(server_pid) - cpu)
 
