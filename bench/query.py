@@ -114,8 +114,9 @@ TARGETS = {
 # --- data -----------------------------------------------------------------------------------
 
 def _uniform(key: str, salt: int) -> str:
-    """SQL: a number in [0, 1) hashed from *key* and *salt* (deterministic, so reruns agree)."""
-    return f"(cityHash64({key}, {salt}) % 1000000) / 1000000."
+    """SQL: a number in [0, 1) hashed from *key* and *salt* (deterministic, so reruns agree), at
+    Float64 resolution (a coarser grid would cap the number of distinct user ids)."""
+    return f"(cityHash64({key}, {salt}) / 18446744073709551616.)"
 
 
 def _pick(choices: Sequence[tuple[str, float]], u: str) -> str:
