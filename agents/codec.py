@@ -186,7 +186,7 @@ def with_reader(writer: WriterSchema, reader_id: int | None, reader_text: str | 
         return replace(writer, reader=None, reader_id=reader_id, resolution_error=None)
     from avro.schema import parse as avro_parse
 
-    from app.embedded.registry.compatibility import read_problems
+    from core.avro_compatibility import read_problems
 
     try:
         problems = read_problems(avro_parse(reader_text), avro_parse(writer.text))

@@ -85,6 +85,9 @@ class Rules:
     event_name_pattern: str = r"^[A-Za-z0-9_$][A-Za-z0-9_ .:/$-]{0,127}$"
     max_user_id_length: int = 256
     max_project_id_length: int = 64
+    # Project ids end up in dashboards' SQL (Grafana variables) and URLs: plain characters only,
+    # never a quote or a backslash.
+    project_id_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
     # Event time may lag its receive time by this much (offline clients)...
     max_past_ms: int = 365 * DAY_MS
     # ...and run ahead of it by this much (client clock skew).
@@ -131,6 +134,7 @@ class Validator:
     def __init__(self, rules: Rules | None = None) -> None:
         self.rules = rules or Rules()
         self._name_re = re.compile(self.rules.event_name_pattern)
+        self._project_re = re.compile(self.rules.project_id_pattern)
 
     def validate_message(
         self,
@@ -287,6 +291,8 @@ class Validator:
             raise _Reject(
                 "InvalidField", f"project_id is longer than {r.max_project_id_length} characters"
             )
+        elif not self._project_re.match(project_id):
+            raise _Reject("InvalidField", f"project_id {project_id!r} does not match {r.project_id_pattern}")
 
         timestamp = record.get("timestamp")
         if type(timestamp) is not int:

@@ -11,7 +11,7 @@
     GET  /openapi.json        the OpenAPI 3.1 description of every endpoint
     GET  /health              liveness
     GET  /metrics             Prometheus counters (accepted events, responses by status)
-    GET  /                    the dashboard
+    GET  /, /explore, ...     the dashboard and GET /v1/pipeline (app/dashboard)
 
 Malformed requests get a 4xx with {"error": "..."} naming the problem; a Kafka or ClickHouse
 outage gets 503 (retry later), never a 500 that blames the client. A 4xx is logged as one
@@ -25,7 +25,6 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -41,6 +40,7 @@ from agents.validate import Validator
 from app import clickhouse, query
 from app.collector.normalize import BadEvent, parse_body, to_event, to_events
 from app.collector.producer import BatchingProducer
+from app.dashboard import add_routes as add_dashboard_routes
 from app.live import live, live_rollup
 from app.metrics import CONTENT_TYPE, Metric, render
 from app.query import (
@@ -56,8 +56,6 @@ from app.settings import Settings
 from core.exceptions import RearviewError, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
-
-DASHBOARD = Path(__file__).resolve().parent / "dashboard.html"
 
 PRODUCER = web.AppKey("producer", BatchingProducer)
 SETTINGS = web.AppKey("settings", Settings)
@@ -256,10 +254,15 @@ async def schema_values(request: web.Request) -> web.Response:
         q.get("limit"))))
 
 
-async def openapi(_request: web.Request) -> web.Response:
-    from app.openapi import document
+OPENAPI = web.AppKey("openapi", bytes)
 
-    return _json(document())
+
+async def openapi(request: web.Request) -> web.Response:
+    if OPENAPI not in request.app:
+        from app.openapi import document
+
+        request.app[OPENAPI] = orjson.dumps(document(request.app[SETTINGS]))
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -277,10 +280,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def health(_request: web.Request) -> web.Response:
     return _json({"status": "ok"})
-
-
-async def dashboard(_request: web.Request) -> web.Response:
-    return web.Response(text=DASHBOARD.read_text(), content_type="text/html")
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -323,7 +322,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/", dashboard)
+    add_dashboard_routes(app, settings)
     return app
 
 

@@ -7,8 +7,9 @@ Errors are one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -413,6 +414,290 @@ def generate(ctx: click.Context, count: int, rate: float, users: int, seed: int 
             sent = send_kafka(s.kafka.bootstrap_servers, topic, schema_id, events, count, rate,
                               batch_size, advance)
     click.echo(f"sent {sent} events")
+
+
+# --- rearview query ----------------------------------------------------------------------------
+
+# Which flags each kind takes, and the request field each one fills.
+_QUERY_FLAGS: dict[str, tuple[str, ...]] = {
+    "timeseries": ("--event", "--metric", "--interval"),
+    "breakdown": ("--event", "--by", "--metric", "--interval", "--limit"),
+    "funnel": ("--event", "--by", "--limit"),
+    "retention": ("--event", "--interval"),
+    "uniques": ("--event",),
+}
+
+
+def _names(values: Sequence[str]) -> list[str]:
+    """Repeated flags, each possibly a comma-separated list (no event name, dimension or metric
+    holds a comma)."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def query_body_from_flags(kind: str | None = None, events: Sequence[str] = (),
+                          by: Sequence[str] = (), metrics: Sequence[str] = (),
+                          interval: str | None = None, date_range: str | None = None,
+                          timezone: str | None = None, limit: int | None = None,
+                          source: str | None = None) -> dict[str, Any]:
+    """The POST /v1/query body that `rearview query`'s flags stand for.
+
+    The kind defaults to ``breakdown`` when dimensions are given (``--by``), else
+    ``timeseries``. ``--event`` is the series of a time series, the events counted by a
+    breakdown or uniques, the steps of a funnel, and the start (then the return) event of a
+    retention; ``--by`` is a funnel's breakdown; ``--interval`` a retention's period. A range
+    ``FROM,TO`` is an absolute range. Only the fields of given flags are set: the request's
+    defaults are the query layer's. A flag the kind does not take is a BadQuery naming it;
+    everything else is left to `app.query.request.parse`.
+    """
+    from app.query.errors import BadQuery
+    from app.query.request import KINDS
+
+    kind = kind or ("breakdown" if by else "timeseries")
+    if kind not in KINDS:
+        raise BadQuery("--kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    events, by, metrics = _names(events), _names(by), _names(metrics)
+    given = {"--event": events, "--by": by, "--metric": metrics, "--interval": interval,
+             "--limit": limit}
+    for flag, value in given.items():
+        if value not in (None, []) and flag not in _QUERY_FLAGS[kind]:
+            raise BadQuery(flag, f"a {kind} query does not take {flag}; give the JSON body for"
+                                 " anything the flags do not cover")
+    body: dict[str, Any] = {"kind": kind}
+    if kind == "funnel":
+        body["steps"] = events
+        if len(by) > 1:
+            raise BadQuery("--by", "a funnel breaks down by one dimension")
+        if by:
+            body["breakdown"] = by[0]
+    elif kind == "retention":
+        if not events or len(events) > 2:
+            raise BadQuery("--event", "a retention takes the start event, then optionally the"
+                                      " return event: -e signup [-e purchase]")
+        body["start_event"] = events[0]
+        if len(events) == 2:
+            body["return_event"] = events[1]
+        if interval is not None:
+            body["period"] = interval
+    else:
+        if events:
+            body["events"] = events
+        if kind == "breakdown":
+            if not by:
+                raise BadQuery("--by", "a breakdown needs 1 to 3 dimensions: --by country")
+            body["dimensions"] = by
+    if metrics:
+        body["metrics"] = metrics
+    if interval is not None and kind in ("timeseries", "breakdown"):
+        body["interval"] = interval
+    if limit is not None:
+        body["limit"] = limit
+    if date_range is not None:
+        parts = [p.strip() for p in date_range.split(",")]
+        body["date_range"] = parts if len(parts) == 2 else date_range
+    if timezone is not None:
+        body["timezone"] = timezone
+    if source is not None:
+        body["source"] = source
+    return body
+
+
+def query_body_from_text(text: str | bytes) -> Any:
+    """The JSON document of a query given as BODY, on stdin or in a file; BadQuery if none."""
+    import orjson
+
+    from app.query.errors import BadQuery
+
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise BadQuery("", f"the query is not valid JSON: {exc}") from None
+
+
+def format_cell(value: Any) -> str:
+    """A value of an answer row as table text: null as an em dash, floats to 4 decimals."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3g}"
+        return text.rstrip("0").rstrip(".") if "." in text and "e" not in text else text
+    return str(value)
+
+
+def meta_line(answer: dict[str, Any]) -> str:
+    """The table's footer: time, rows, groups, exactness and the resolved range."""
+    meta = answer["meta"]
+    parts = [f"{meta['elapsed_ms']:g} ms", f"{meta['rows']} rows"]
+    if "total_groups" in meta:
+        truncated = ", the rest in $other" if meta.get("truncated") else ""
+        parts.append(f"{meta['total_groups']} groups{truncated}")
+    how = [str(meta["method"])] if "method" in meta else []
+    if "lg_k" in meta:
+        how.append(f"lg_k {meta['lg_k']}")
+    if "standard_error" in meta:
+        how.append(f"±{meta['standard_error']:.2%}")
+    exactness = "approximate" if meta.get("approximate") else "exact"
+    parts.append(exactness + (f" ({', '.join(how)})" if how else ""))
+    date_range = answer["query"].get("date_range") or {}
+    if "from" in date_range and "to" in date_range:
+        parts.append(f"{date_range['from']} → {date_range['to']}")
+    return " · ".join(parts)
+
+
+def answer_title(answer: dict[str, Any]) -> str:
+    return f"{answer['query']['kind']} · source {answer['source']}"
+
+
+def answer_table(answer: dict[str, Any]) -> Any:
+    """A rich Table of *answer*'s rows: columns in answer order, numbers right-aligned, every
+    value plain text (never markup)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    rows: list[dict[str, Any]] = answer["rows"]
+    table = Table()
+    for column in answer["columns"]:
+        numeric = any(isinstance(r.get(column), int | float) and not isinstance(r.get(column), bool)
+                      for r in rows)
+        table.add_column(Text(column), justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(format_cell(row.get(c))) for c in answer["columns"]))
+    return table
+
+
+def print_answer(answer: dict[str, Any]) -> None:
+    """The title (kind, source), the table, and the meta line under it."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file gets whole rows, however wide
+        console = Console(width=100_000)
+    console.print(Text(answer_title(answer), style="bold"), soft_wrap=True)
+    console.print(answer_table(answer))
+    console.print(Text(meta_line(answer), style="dim"), soft_wrap=True)
+
+
+def _query_fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _connect_error(url: str, exc: BaseException) -> str:
+    """One line for a failed connection: unreachable (refused, unresolvable, timed out), or
+    reached but failing (ClickHouse's own error)."""
+    import re
+
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    text = str(exc)
+    if isinstance(exc, OperationalError | OSError):
+        errno = re.search(r"\[Errno -?\d+\][^\"')]*", text)
+        reason = errno.group(0).strip() if errno else text.splitlines()[0][:200] if text else ""
+        return f"ClickHouse at {url} is unreachable ({reason or type(exc).__name__}); is it running?"
+    server = re.search(r"Code: \d+\. .*", text)
+    return f"ClickHouse at {url} failed: {(server.group(0) if server else text)[:300]}"
+
+
+@cli.command()
+@click.argument("body", required=False)
+@click.option("--file", "-f", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Read the JSON query from this file.")
+@click.option("--kind", "-k", default=None,
+              help="timeseries, breakdown, funnel, retention or uniques"
+                   " [breakdown with --by, else timeseries].")
+@click.option("--event", "-e", "events", multiple=True,
+              help="Event (repeatable): series, counted events, funnel steps, retention start"
+                   " then return.")
+@click.option("--by", "-b", multiple=True, help="Dimension (repeatable): country, prop:plan, ...")
+@click.option("--metric", "-m", "metrics", multiple=True,
+              help="Metric (repeatable): events, users, sum:<key>, avg:<key>.")
+@click.option("--interval", "-i", default=None,
+              help="minute, hour, day, week or month (a retention's period).")
+@click.option("--range", "-r", "date_range", default=None,
+              help="7d, 24h, today, all, ... or FROM,TO [query.date_range].")
+@click.option("--timezone", "--tz", default=None, help="IANA timezone [query.timezone].")
+@click.option("--limit", "-n", type=int, default=None, help="Groups in a breakdown or funnel.")
+@click.option("--source", default=None, help="auto, events or rollup [auto].")
+@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="A table, or the answer exactly as POST /v1/query sends it.")
+@click.pass_context
+def query(ctx: click.Context, body: str | None, file: Path | None, kind: str | None,
+          events: tuple[str, ...], by: tuple[str, ...], metrics: tuple[str, ...],
+          interval: str | None, date_range: str | None, timezone: str | None, limit: int | None,
+          source: str | None, output: str) -> None:
+    """Answer a query (docs/query.md) from ClickHouse, as POST /v1/query would.
+
+    BODY is the JSON request, or - to read it from stdin; without BODY or --file, the flags
+    make one.
+
+    \b
+      rearview query -e page_view -e signup -i hour -r 24h
+      rearview query --by country --by device_type -m events -m users -n 10
+      rearview query -k funnel -e page_view -e signup -e purchase --by prop:plan
+      rearview query -k retention -e signup -e purchase -i week -r 8w
+      rearview query '{"kind": "uniques", "method": "hll"}' --format json
+      rearview query - < saved-query.json
+
+    A refused request prints "error: <field>: <why>" and exits 2, before connecting; an
+    unreachable ClickHouse or a query past its limits exits 1.
+    """
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from app.query import BadQuery, QueryConfig, QueryTimeout, QueryTooExpensive, run
+    from app.query.request import parse
+
+    flags = (kind, events, by, metrics, interval, date_range, timezone, limit, source)
+    if body is not None and file is not None:
+        raise click.UsageError("give the query as BODY or with --file, not both")
+    if (body is not None or file is not None) and any(f not in (None, ()) for f in flags):
+        raise click.UsageError("give the query as JSON (BODY or --file) or with flags, not both")
+    settings = _settings(ctx)
+    config = QueryConfig.from_settings(settings)
+    now = datetime.now(UTC)
+    try:
+        if file is not None:
+            request = query_body_from_text(file.read_bytes())
+        elif body is not None:
+            request = query_body_from_text(click.get_text_stream("stdin").read() if body == "-"
+                                           else body)
+        else:
+            request = query_body_from_flags(*flags)
+        parse(request, config.defaults, now)  # a bad request is refused before connecting
+    except BadQuery as exc:
+        _query_fail(str(exc), 2)
+
+    from clickhouse_connect.driver.exceptions import Error as ClickHouseError
+
+    from app.clickhouse import connect
+    from core.exceptions import ConfigurationError, ServiceUnavailable
+
+    if settings.log.level != "debug":  # the one-line error below says it all
+        import logging
+
+        for name in ("urllib3", "clickhouse_connect"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        client = connect(settings.clickhouse)
+    except ConfigurationError as exc:
+        _query_fail(str(exc), 1)
+    except (ClickHouseError, OSError) as exc:  # refused, unresolvable, timed out
+        _query_fail(_connect_error(settings.clickhouse.url, exc), 1)
+    try:
+        answer = run(client, request, config, now)
+    except BadQuery as exc:
+        _query_fail(str(exc), 2)
+    except (QueryTimeout, QueryTooExpensive, ServiceUnavailable) as exc:
+        _query_fail(str(exc), 1)
+    finally:
+        client.close()
+    if output == "json":
+        click.echo(orjson.dumps(answer))
+    else:
+        print_answer(answer)
 
 
 def main() -> None:

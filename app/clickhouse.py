@@ -17,6 +17,11 @@ def connect(settings: ClickHouseSettings, database: str | None = None, **kwargs:
     The database defaults to the configured one; pass ``database="default"`` to reach a server
     before `rearview migrate` created it.
     """
+    # No HTTP session unless asked for: clickhouse-connect refuses a second query on a client
+    # while one runs in its session ("concurrent queries within the same session"), and a
+    # ClickHouse server locks a session per query, so one client shared by the API's request
+    # threads would answer concurrent requests with errors. Nothing here relies on sessions.
+    kwargs.setdefault("autogenerate_session_id", False)
     url = urlparse(settings.url)
     if url.scheme not in {"http", "https"}:
         raise ConfigurationError(

@@ -111,6 +111,7 @@ class ValidationSettings(BaseModel):
     event_name_pattern: str = r"^[A-Za-z0-9_$][A-Za-z0-9_ .:/$-]{0,127}$"
     max_user_id_length: int = Field(default=256, ge=1)
     max_project_id_length: int = Field(default=64, ge=1)
+    project_id_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
     max_past_s: int = Field(default=365 * 86400, ge=0)  # event time before receive time
     max_future_s: int = Field(default=86400, ge=0)  # event time after receive time
     # How long before its message entered Kafka a producer's context.received_at may be.
@@ -124,6 +125,7 @@ class ValidationSettings(BaseModel):
             event_name_pattern=self.event_name_pattern,
             max_user_id_length=self.max_user_id_length,
             max_project_id_length=self.max_project_id_length,
+            project_id_pattern=self.project_id_pattern,
             max_past_ms=self.max_past_s * 1000,
             max_future_ms=self.max_future_s * 1000,
             max_receive_lag_ms=self.max_receive_lag_s * 1000,
@@ -172,6 +174,17 @@ class QuerySettings(BaseModel):
     discovery_days: int = Field(default=30, ge=1)
 
 
+class DashboardSettings(BaseModel):
+    """The dashboard's pipeline-health panel (`GET /v1/pipeline`, app/dashboard)."""
+
+    # Prometheus endpoints of the workers to scrape for consumer lag and redactions; empty:
+    # http://127.0.0.1:{worker.web_port}/metrics, the one worker `rearview up` starts.
+    worker_metrics_urls: list[str] = []
+    scrape_timeout_s: float = Field(default=2.0, gt=0)
+    # Dead letters per minute are shown for this many minutes.
+    dlq_minutes: int = Field(default=60, ge=1, le=1440)
+
+
 class LogSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
@@ -193,6 +206,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     pii: PiiSettings = PiiSettings()
     query: QuerySettings = QuerySettings()
+    dashboard: DashboardSettings = DashboardSettings()
     log: LogSettings = LogSettings()
 
 

@@ -52,7 +52,8 @@ class Stack:
                     update={"url": f"http://{host}:{self.registry_port}"}),
                 "clickhouse": settings.clickhouse.model_copy(
                     update={"url": f"http://{host}:{self.clickhouse_port}"}),
-                "worker": settings.worker.model_copy(update={"data_dir": self.data_dir / "worker"}),
+                "worker": settings.worker.model_copy(update={"data_dir": self.data_dir / "worker",
+                                                            "web_port": self.worker_port}),
                 "api": settings.api.model_copy(update={"host": host, "port": self.api_port}),
             }
         )
@@ -133,7 +134,7 @@ class Stack:
                 f"\nRearview is up.\n"
                 f"  dashboard    {self.api_url}/\n"
                 f"  collector    POST {self.api_url}/v1/track, {self.api_url}/v1/batch\n"
-                f"  query        {self.api_url}/v1/events/count\n"
+                f"  query        POST {self.api_url}/v1/query  (docs/query.md; {self.api_url}/openapi.json)\n"
                 f"  kafka        {self.host}:{self.broker_port}\n"
                 f"  registry     http://{self.host}:{self.registry_port}\n"
                 f"  clickhouse   http://{self.host}:{self.clickhouse_port}\n"

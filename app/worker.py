@@ -17,6 +17,7 @@ from clickhouse_connect.driver.client import Client
 from agents.ledger import OffsetLedger
 from agents.offsets import OffsetCounters, OffsetKeeper
 from agents.pii import Redactor
+from agents.pii.detectors import KINDS
 from agents.pii.policy import DEFAULT_POLICIES, RedactionConfig
 from agents.rollup import RollupWriter
 from agents.schema_registry import SchemaCache
@@ -169,8 +170,10 @@ def worker_metrics(deps: WorkerDeps, store: StoreDeps, offsets: OffsetCounters) 
         .add(store.deduper.entries()),
     ]
     redactions = Metric("rearview_redactions_total", "PII redactions in clean events, by detector.")
-    for detector, n in sorted(c.redactions.items()):
-        redactions.add(n, detector=detector)
+    # Every detector from the start, at 0: a rate() over a series that appears with its first
+    # increment misses that increment.
+    for detector in sorted(set(KINDS) | set(c.redactions)):
+        redactions.add(c.redactions.get(detector, 0), detector=detector)
     out.append(redactions)
     out += [
         Metric("rearview_offset_commits_total", "Offset commits of the worker's topics.").add(offsets.commits),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from app.query.errors import BadQuery
 from app.query.execute import Reader
 from app.query.request import EVENT_NAME
-from app.query.sql import HOT_COLUMNS, Params, parse_dimension
+from app.query.sql import HOT_COLUMNS, PROPERTY_KEY, Params, parse_dimension
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -62,8 +62,16 @@ def properties(client: Client, config: QueryConfig, event: str | None) -> dict[s
         f" LIMIT {MAX_PROPERTIES}", params.values)
     return {"days": config.discovery_days, "event": event,
             "properties": [{"property": key, "count": int(n),
-                            "dimension": key if key in HOT_COLUMNS else f"prop:{key}"}
+                            "dimension": _dimension(key)}
                            for key, n in rows]}
+
+
+def _dimension(key: str) -> str | None:
+    """How queries name property *key*: its hot column, ``prop:<key>``, or None when the key
+    cannot be queried (it does not match the property key pattern)."""
+    if key in HOT_COLUMNS[1:]:
+        return key
+    return f"prop:{key}" if PROPERTY_KEY.match(key) else None
 
 
 def values(client: Client, config: QueryConfig, dimension: str | None, event: str | None,

@@ -53,7 +53,8 @@ class Reader:
         }
         self.queries += 1
         try:
-            return list(self.client.query(sql, parameters=params, settings=settings).result_rows)
+            result = self.client.query(sql, parameters=params, settings=settings)
+            return [tuple(row) for row in result.result_rows]
         except DatabaseError as exc:
             raise _mapped(exc, self.limits) from exc
         except Exception as exc:  # connection refused, reset, timeouts of the HTTP client

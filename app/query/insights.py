@@ -175,8 +175,8 @@ def breakdown(reader: Reader, specs: list[RollupSpec], q: Breakdown) -> Answer:
            f" {', '.join(aggs)} FROM {src.table} WHERE {' AND '.join(where)}"
            f" GROUP BY b, {', '.join(f'm{i}' for i in range(n))}")
     found: dict[tuple[int, tuple[str, ...]], tuple[Any, ...]] = {}
-    for row in reader.rows(sql, params.values):
-        found[(int(row[0]), tuple(str(v) for v in row[1:1 + n]))] = row[1 + n:]
+    for record in reader.rows(sql, params.values):
+        found[(int(record[0]), tuple(str(v) for v in record[1:1 + n]))] = record[1 + n:]
     groups_out = [*top, other]
     if q.interval:
         all_starts = sorted({int(b.timestamp()) for b in starts} | {b for b, _ in found})
@@ -185,10 +185,10 @@ def breakdown(reader: Reader, specs: list[RollupSpec], q: Breakdown) -> Answer:
     rows = []
     for g in groups_out:
         for b in all_starts:
-            row: dict[str, Any] = {"bucket": from_epoch_s(b, common.tz).isoformat()} if q.interval else {}
-            row.update(zip((d.name for d in q.dimensions), g, strict=True))
-            row.update(_values(q.metrics, found.get((b, g))))
-            rows.append(row)
+            out: dict[str, Any] = {"bucket": from_epoch_s(b, common.tz).isoformat()} if q.interval else {}
+            out.update(zip((d.name for d in q.dimensions), g, strict=True))
+            out.update(_values(q.metrics, found.get((b, g))))
+            rows.append(out)
     if len(rows) > MAX_ROWS:
         raise BadQuery("limit", f"the answer would have {len(rows)} rows, more than {MAX_ROWS}:"
                                 " lower the limit or use a longer interval")

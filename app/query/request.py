@@ -293,6 +293,8 @@ def parse(body: object, defaults: Defaults, now: datetime) -> Query:
         series_value = f.get("series")
         if series_value is None:
             events = _events(f)
+            if len(events) > MAX_SERIES:
+                raise BadQuery("events", f"at most {MAX_SERIES} events, one series each")
             series_value = list(events) or [None]
         elif f.get("events"):
             raise BadQuery("events", "give either series or events, not both")
@@ -328,14 +330,19 @@ def parse(body: object, defaults: Defaults, now: datetime) -> Query:
                          f.integer("limit", 100, 1, MAX_ROWS), order_metric, order[1] == "desc",
                          interval)
     if kind == "funnel":
-        f = _Fields(body, "", (*_COMMON_FIELDS, "steps", "window", "order", "breakdown", "limit"))
+        f = _Fields(body, "", (*_COMMON_FIELDS, "steps", "window", "window_s", "order", "breakdown",
+                               "limit"))
+        if f.get("window") is not None and f.get("window_s") is not None:
+            raise BadQuery("window", "give either window or window_s, not both")
         steps_value = f.get("steps")
         if not isinstance(steps_value, list) or not 2 <= len(steps_value) <= MAX_STEPS:
             raise BadQuery("steps", f"a funnel has 2 to {MAX_STEPS} steps")
         steps = tuple(_step(s, f"steps[{i}]") for i, s in enumerate(steps_value))
         breakdown = f.get("breakdown")
         return Funnel(_common(f, defaults, now), steps,
-                      _duration(f.get("window", "14d"), "window", MAX_FUNNEL_WINDOW_S),
+                      _duration(f.get("window", f.get("window_s", "14d")),
+                                "window" if f.get("window_s") is None else "window_s",
+                                MAX_FUNNEL_WINDOW_S),
                       f.choice("order", ("ordered", "strict"), "ordered"),  # type: ignore[arg-type]
                       parse_dimension(breakdown, "breakdown") if breakdown is not None else None,
                       f.integer("limit", 25, 1, MAX_ROWS // MAX_STEPS))

@@ -10,7 +10,7 @@ return events; each cohort then counts its users once per later period they retu
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from typing import Any
 
 from app.query.errors import BadQuery
@@ -53,7 +53,7 @@ def retention(reader: Reader, q: Retention) -> Answer:
     common = q.common
     tz = common.tz
     first_day = floor(common.range.start, q.period, tz)
-    last_day = floor(common.range.end - timedelta(milliseconds=1), q.period, tz)
+    last_day = floor(common.range.end.astimezone(UTC) - timedelta(milliseconds=1), q.period, tz)
     lo, hi = _index(first_day.date(), q.period), _index(last_day.date(), q.period)
     if (hi - lo + 1) * q.periods > MAX_ROWS:
         raise BadQuery("periods", f"{hi - lo + 1} cohorts x {q.periods} periods is more than"

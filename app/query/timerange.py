@@ -15,7 +15,9 @@ current one to date:
                               the current one included: "7d" is six whole days and today
     all                       1970-01-01 to the end of today (capped by the data, see below)
 
-An absolute range is two strings. Dates (``2026-03-01``) are whole local days, both included;
+An absolute range is two strings, or the normalized form an answer echoes
+(``{"from": ..., "to": ...}``, instants with offsets: the same range again, whatever the
+clock). Two strings: Dates (``2026-03-01``) are whole local days, both included;
 date-times (``2026-03-01T10:00``) are instants, the end excluded, in the request's timezone
 unless they carry an offset.
 """
@@ -79,17 +81,11 @@ def floor(instant: datetime, interval: Interval, tz: ZoneInfo) -> datetime:
 
 
 def midnight(day: date, tz: ZoneInfo) -> datetime:
-    """The first instant of local *day* (where midnight is skipped by a clock change, the
-    first instant after it, as ClickHouse's toStartOfDay does)."""
-    naive = datetime(day.year, day.month, day.day)
-    aware = naive.replace(tzinfo=tz)
-    # A skipped wall time does not round-trip through UTC: step forward to the first real one.
-    if aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None) != naive:
-        for minutes in range(15, 181, 15):
-            candidate = (naive + timedelta(minutes=minutes)).replace(tzinfo=tz)
-            if candidate.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == candidate.replace(tzinfo=None):
-                return candidate.astimezone(UTC).astimezone(tz)
-    return aware.astimezone(UTC).astimezone(tz)
+    """The first instant of local *day*. Where a clock change skips midnight, a wall time in
+    the gap resolves (fold=0) to the instant of the change: the first one of the day, as
+    ClickHouse's toStartOfDay has it; where midnight repeats, the first one."""
+    local = datetime(day.year, day.month, day.day, tzinfo=tz)
+    return local.astimezone(UTC).astimezone(tz)
 
 
 def step(start: datetime, interval: Interval, tz: ZoneInfo, n: int = 1) -> datetime:
@@ -111,7 +107,8 @@ def buckets(start: datetime, end: datetime, interval: Interval, tz: ZoneInfo,
     """Starts of the buckets that overlap [start, end), at most *limit* (RangeError past it)."""
     out: list[datetime] = []
     current = floor(start, interval, tz)
-    while current < end:
+    # Aware datetimes of one tzinfo compare (and subtract) by wall clock: compare instants.
+    while current.timestamp() < end.timestamp():
         if len(out) >= limit:
             raise RangeError(
                 f"the range holds more than {limit} {interval} buckets: choose a longer interval"
@@ -170,16 +167,29 @@ def resolve(value: object, tz: ZoneInfo, now: datetime, field: str = "date_range
             return TimeRange(step(current, unit, tz, -(n - 1)), step(current, unit, tz), value)
         except (OverflowError, ValueError):
             raise RangeError(f"{field} {value!r} reaches before the year 1") from None
+    if isinstance(value, dict) and isinstance(value.get("from"), str) and isinstance(value.get("to"), str):
+        start = _parse_point(value["from"], tz, f"{field}.from", end=False)
+        stop = _parse_point(value["to"], tz, f"{field}.to", end=False)
+        if start.timestamp() >= stop.timestamp():
+            raise RangeError(f"{field}: from must be before to")
+        if start.timestamp() < 0:
+            raise RangeError(f"{field}: the start must be in 1970 or later")
+        given = value.get("given")
+        if not (isinstance(given, str) and len(given) <= 40 or isinstance(given, list)
+                and len(given) == 2 and all(isinstance(g, str) and len(g) <= 40 for g in given)):
+            given = [value["from"], value["to"]]
+        return TimeRange(start, stop, given)
     if isinstance(value, (list, tuple)) and len(value) == 2:
         start = _parse_point(value[0], tz, f"{field}[0]", end=False)
         stop = _parse_point(value[1], tz, f"{field}[1]", end=True)
-        if start >= stop:
+        if start.timestamp() >= stop.timestamp():
             raise RangeError(f"{field}: the start must be before the end")
-        if start < EPOCH:
+        if start.timestamp() < 0:
             raise RangeError(f"{field}: the start must be in 1970 or later")
         return TimeRange(start, stop, [str(value[0]), str(value[1])])
     raise RangeError(
-        f"{field} must be a relative range such as '7d' or two ISO dates [from, to]"
+        f"{field} must be a relative range such as '7d', two ISO dates [from, to], or"
+        " {\"from\": instant, \"to\": instant}"
     )
 
 

@@ -58,10 +58,12 @@ def uniques(reader: Reader, specs: list[RollupSpec], q: Uniques) -> Answer:
     if common.filters is not None:
         where.append(f"({common.filters.sql(src.column, params)})")
     if q.method == "exact":
-        aggregate, meta = "uniqExact(user_id)", {"approximate": False, "method": "exact: uniqExact over events"}
+        aggregate = "uniqExact(user_id)"
+        meta = {"approximate": False, "method": "exact", "method_detail": "uniqExact(user_id) over events"}
     else:
         aggregate = f"uniqCombined({UNIQ_COMBINED_LG_K})(user_id)"
-        meta = {"approximate": True, "method": f"hll: ClickHouse uniqCombined({UNIQ_COMBINED_LG_K}) over events",
+        meta = {"approximate": True, "method": "hll",
+                "method_detail": f"ClickHouse uniqCombined({UNIQ_COMBINED_LG_K}) over events",
                 "lg_k": UNIQ_COMBINED_LG_K, "standard_error": _standard_error(UNIQ_COMBINED_LG_K)}
     users = reader.rows(f"SELECT {aggregate} FROM {src.table} WHERE {' AND '.join(where)}",
                         params.values)[0][0]
@@ -93,6 +95,7 @@ def _from_sketches(reader: Reader, spec: RollupSpec, q: Uniques) -> Answer | Non
     parts = [base64.b64decode(r[0]) for r in rows]
     users = round(hll.merge(parts, spec.lg_k)) if parts else 0
     meta = {"approximate": True, "sketches": len(parts), "lg_k": spec.lg_k,
-            "method": f"hll: union of DataSketches HLL sketches of rollup {spec.name}",
+            "method": "hll",
+            "method_detail": f"union of the DataSketches HLL sketches of rollup {spec.name}",
             "standard_error": _standard_error(spec.lg_k)}
     return Answer(["users"], [{"users": users}], f"rollup:{spec.name}", meta)

@@ -108,7 +108,7 @@ def test_malformed_requests_get_a_4xx_that_names_the_problem(
     resp = httpx.post(f"{api}/v1/track", content=huge)
     assert resp.status_code == 413 and "larger than" in resp.json()["error"]
     resp = httpx.get(f"{api}/v1/events/count", params={"from": "yesterday"})
-    assert resp.status_code == 400 and "from must be ISO-8601" in resp.json()["error"]
+    assert resp.status_code == 400 and "from: must be ISO-8601" in resp.json()["error"]
 
 
 def test_malformed_events_land_in_the_dlq_with_reason_and_original_bytes(pipeline: Pipeline) -> None:

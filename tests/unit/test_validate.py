@@ -199,6 +199,16 @@ def test_project_id_has_a_length_limit_configurable_in_the_settings(
     assert strict.check(event(project_id="p" * 9), NOW) == "project_id is longer than 8 characters"
 
 
+@pytest.mark.parametrize("project_id", ["x\\' OR 1=1 --", "a'b", "two words", "-lead", "ü"])
+def test_a_project_id_with_quotes_backslashes_or_spaces_is_refused(project_id: str) -> None:
+    """Project ids reach dashboards' SQL (Grafana quotes without escaping backslashes) and
+    URLs: only letters, digits, '_', '.' and '-' pass."""
+    v = Validator(Rules())
+    [bad] = v.validate_message(batch(event(project_id=project_id)), None, META, SCHEMAS, NOW).invalid
+    assert bad.error_class == "InvalidField" and "does not match" in bad.reason
+    assert v.validate_message(batch(event(project_id="shop-eu_2.prod")), None, META, SCHEMAS, NOW).clean
+
+
 def test_reasons_quote_a_value_whole_or_not_at_all() -> None:
     # Redaction runs on the reason later: a value cut short could hide what it must find.
     name = "email jane.doe@example.com!" + "x" * 60
