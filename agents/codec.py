@@ -30,6 +30,7 @@ from typing import Any
 import fastavro
 
 import schemas
+from agents import batch_encode
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -186,7 +187,7 @@ def with_reader(writer: WriterSchema, reader_id: int | None, reader_text: str | 
         return replace(writer, reader=None, reader_id=reader_id, resolution_error=None)
     from avro.schema import parse as avro_parse
 
-    from app.embedded.registry.compatibility import read_problems
+    from core.avro_compatibility import read_problems
 
     try:
         problems = read_problems(avro_parse(reader_text), avro_parse(writer.text))
@@ -223,10 +224,18 @@ class BatchWriter:
 
     def __init__(self, full_name: str, schema_id: int) -> None:
         self.schema_id = schema_id
-        self._parsed = fastavro.parse_schema(_strip_logical_types(schemas.load(full_name)))
+        doc = schemas.load(full_name)
+        self._parsed = fastavro.parse_schema(_strip_logical_types(doc))
         self._header = HEADER.pack(MAGIC, schema_id)
+        # The hand-written encoder for this exact layout (agents/batch_encode.py), else fastavro.
+        self._fast = batch_encode.fits(doc)
 
     def encode(self, records: list[Any]) -> bytes:
+        if self._fast:
+            try:
+                return self._header + batch_encode.encode_events(records)
+            except batch_encode.Unfit:
+                pass  # fastavro applies the schema's defaults, or refuses as it always did
         buf = io.BytesIO()
         buf.write(self._header)
         fastavro.schemaless_writer(buf, self._parsed, {"events": records})

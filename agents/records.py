@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
@@ -11,6 +13,17 @@ from typing import Literal, TypedDict
 # closed range fit all of them (a window starts at or before its events).
 MIN_TIMESTAMP_MS = 0
 MAX_TIMESTAMP_MS = (2**32 - 1) * 1000 + 999
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def canonical_uuid(value: str) -> str:
+    """``str(uuid.UUID(value))``: the lowercase hyphenated text of a UUID, or the same
+    exceptions. Text already in that form (what SDKs and generators send) is returned as it
+    is, without building a UUID object: a tenth of the cost, paid per event."""
+    if type(value) is str and _CANONICAL_UUID.fullmatch(value):
+        return value
+    return str(uuid.UUID(value))
 
 
 @dataclass(frozen=True, slots=True)

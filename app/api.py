@@ -311,6 +311,9 @@ def create_app(settings: Settings) -> web.Application:
 
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)
+    from app import grpc_server  # imports this module: not at the top
+
+    grpc_server.install(app)
     app.router.add_post("/v1/track", track)
     app.router.add_post("/v1/batch", batch)
     app.router.add_get("/v1/events/count", events_count)

@@ -375,12 +375,13 @@ def worker(ctx: click.Context, host: str | None, port: int | None) -> None:
 @cli.command()
 @click.option("--host", default=None, help="Listen address [127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Listen port [8000].")
+@click.option("--grpc-port", type=int, default=None, help="gRPC collector port; 0: off [50051].")
 @click.pass_context
-def api(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Run the collector, the query API and the dashboard."""
+def api(ctx: click.Context, host: str | None, port: int | None, grpc_port: int | None) -> None:
+    """Run the collector (HTTP and gRPC), the query API and the dashboard."""
     from app.api import serve
 
-    s = _with(_settings(ctx), "api", host=host, port=port)
+    s = _with(_settings(ctx), "api", host=host, port=port, grpc_port=grpc_port)
     serve(s, s.api.host, s.api.port)
 
 

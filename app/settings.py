@@ -81,6 +81,9 @@ class ApiSettings(BaseModel):
     # How long the collector may linger to fill a batch message before producing it.
     linger_ms: float = 5.0
     batch_max_events: int = 500
+    # The gRPC collector (schemas/analytics.proto), served by the same process on its own
+    # port (on the API's host); 0 turns it off.
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
 
 
 class WorkerSettings(BaseModel):

@@ -44,6 +44,7 @@ class Stack:
         self.clickhouse_port = port(settings.clickhouse.port)
         self.worker_port = port(settings.worker.web_port)
         self.api_port = api_port or port(settings.api.port)
+        self.grpc_port = port(settings.api.grpc_port) if settings.api.grpc_port else 0
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": f"{host}:{self.broker_port}"})
         self.settings = settings.model_copy(
             update={
@@ -54,7 +55,8 @@ class Stack:
                     update={"url": f"http://{host}:{self.clickhouse_port}"}),
                 "worker": settings.worker.model_copy(update={"data_dir": self.data_dir / "worker",
                                                             "web_port": self.worker_port}),
-                "api": settings.api.model_copy(update={"host": host, "port": self.api_port}),
+                "api": settings.api.model_copy(update={"host": host, "port": self.api_port,
+                                                      "grpc_port": self.grpc_port}),
             }
         )
         self.env = {**to_env(self.settings), "PYTHONUNBUFFERED": "1"}
@@ -130,10 +132,13 @@ class Stack:
         try:
             self.start(demo_rate)
             starting = False
+            grpc_line = (f"               gRPC {self.host}:{self.grpc_port} (AnalyticsService)\n"
+                         if self.grpc_port else "")
             click.echo(
                 f"\nRearview is up.\n"
                 f"  dashboard    {self.api_url}/\n"
                 f"  collector    POST {self.api_url}/v1/track, {self.api_url}/v1/batch\n"
+                f"{grpc_line}"
                 f"  query        POST {self.api_url}/v1/query  (docs/query.md; {self.api_url}/openapi.json)\n"
                 f"  kafka        {self.host}:{self.broker_port}\n"
                 f"  registry     http://{self.host}:{self.registry_port}\n"

@@ -14,6 +14,12 @@ strings, String, DateTime64(3,'UTC'), Map(String,String), Int64):
 Then, as the baseline the endpoint is compared with, chdb in this process inserting the same
 Native bytes by each path it offers: ``send_insert`` streaming (what the endpoint uses),
 ``INSERT ... FROM INFILE`` (Native and Arrow) and ``INSERT ... SELECT FROM file()``.
+
+Finally, head to head, the same clickhouse-connect calls through the endpoint and in this
+process (clickhouse-connect's chdb backend, ``chdb:///path``), runs interleaved so that load
+on the machine hits both alike: ``insert_arrow`` of the 1M rows and a small GROUP BY. The last
+lines print the ratios (in-process time / HTTP time: 1.0 means as fast as in-process).
+``--ratio-only`` runs just that part.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--ratio-runs", type=int, default=7)
+    parser.add_argument("--ratio-only", action="store_true")
     args = parser.parse_args()
     n, runs = args.rows, args.runs
 
@@ -93,6 +101,13 @@ def main() -> None:
         lz4_client = clickhouse_connect.get_client(host=HOST, port=port, compress="lz4")
         plain_client = clickhouse_connect.get_client(host=HOST, port=port, compress=False)
         data = events(n)
+        if args.ratio_only:
+            lz4_client.command(DDL.format(name="bench"))
+            lz4_client.insert("bench", data, COLUMNS, column_oriented=True)
+            arrow = lz4_client.query_arrow("SELECT * FROM bench")
+            ratios = head_to_head(lz4_client, arrow, tmp, args.ratio_runs)
+            print_ratios(ratios, n, args.ratio_runs)
+            return
 
         def fresh() -> None:
             lz4_client.command("DROP TABLE IF EXISTS bench")
@@ -132,6 +147,7 @@ def main() -> None:
         results.append(("HTTP raw_query Native bytes", t, n))
         t = median_time(runs, noop, lambda: lz4_client.query_arrow("SELECT * FROM bench"))
         results.append(("HTTP query_arrow()", t, n))
+        ratios = head_to_head(lz4_client, arrow, tmp, args.ratio_runs)
     finally:
         code = server.stop()
 
@@ -141,6 +157,49 @@ def main() -> None:
     print(f"{'path':<48} {'seconds':>8} {'rows/s':>12} {'x send_insert':>14}")
     for label, t, rows in results:
         print(f"{label:<48} {t:>8.2f} {rows / t:>12,.0f} {t / baseline:>14.2f}")
+    print_ratios(ratios, n, args.ratio_runs)
+
+
+GROUP_BY = "SELECT event_name, count(), uniq(user_id) FROM bench GROUP BY event_name ORDER BY 1"
+
+
+def head_to_head(
+    http: Client, arrow: pa.Table, tmp: Path, runs: int
+) -> list[tuple[str, float, float]]:
+    """(label, HTTP median s, in-process median s), each pair of runs interleaved."""
+    from clickhouse_connect.driver._chdbclient import ChdbClient
+
+    local = ChdbClient(path=str(tmp / "inproc"))
+    local.command(DDL.format(name="bench"))
+    local.insert_arrow("bench", arrow)
+    out = []
+    for label, action in (
+        ("insert_arrow() 1M rows", lambda c: c.insert_arrow("bench", arrow)),
+        ("small GROUP BY query()", lambda c: c.query(GROUP_BY).result_rows),
+    ):
+        times: dict[str, list[float]] = {"http": [], "local": []}
+        inserting = label.startswith("insert")
+        for i in range(runs + 1):
+            for name, client in (("http", http), ("local", local)):
+                if inserting:
+                    client.command("DROP TABLE IF EXISTS bench")
+                    client.command(DDL.format(name="bench"))
+                start = time.perf_counter()
+                action(client)
+                if i:  # the first round warms up
+                    times[name].append(time.perf_counter() - start)
+        out.append((label, statistics.median(times["http"]), statistics.median(times["local"])))
+    local.close()
+    return out
+
+
+def print_ratios(ratios: list[tuple[str, float, float]], n: int, runs: int) -> None:
+    print(
+        f"\nclickhouse-connect through the endpoint vs in-process (chdb backend), median of {runs}"
+    )
+    print(f"{'call':<28} {'HTTP s':>8} {'in-process s':>13} {'in-process/HTTP':>16}")
+    for label, http_s, local_s in ratios:
+        print(f"{label:<28} {http_s:>8.3f} {local_s:>13.3f} {local_s / http_s:>16.2f}")
 
 
 def in_process(
@@ -149,7 +208,7 @@ def in_process(
     """The insert paths chdb offers, same bytes, no HTTP: which one should the endpoint use?"""
     from chdb import _chdb
 
-    conn = _chdb.connect(str(tmp / "inproc"))  # type: ignore[attr-defined]
+    conn = _chdb.connect(str(tmp / "inproc"))  # type: ignore[attr-defined]  # one path/process
     native_file, arrow_file = tmp / "data.native", tmp / "data.arrow"
     native_file.write_bytes(native)
     with pa.OSFile(str(arrow_file), "wb") as sink, pa.ipc.new_file(sink, arrow.schema) as writer:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import orjson
 
 from agents.properties import canonical
-from agents.records import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
+from agents.records import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, canonical_uuid
 from core.exceptions import RearviewError
 
 
@@ -47,9 +46,16 @@ def _fail(where: str, message: str) -> BadEvent:
     return BadEvent(f"{where}{message}")
 
 
-# Any integer literal orjson cannot hold (beyond -2^63 .. 2^64-1) has at least 19 digits. The
-# pattern may also match inside strings or fractions: those bodies are merely parsed twice.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# Any integer literal orjson cannot hold (beyond -2^63 .. 2^64-1) has at least 19 digits in a
+# row. Such a run may also be inside a string or a fraction: those bodies are merely parsed
+# twice. Found by mapping every digit to "0" and anything else to " " and looking for 19 zeros:
+# ~1 µs per KB, where the regex [0-9]{19} took ~25 (it retries at every digit of every run).
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def _has_long_digits(data: bytes) -> bool:
+    return _LONG_RUN in data.translate(_DIGITS_AS_ZERO)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -64,7 +70,7 @@ def parse_body(data: bytes) -> Any:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BadEvent(f"the request body is not valid JSON: {exc}") from None
-    if _LONG_DIGITS.search(data) is None:
+    if not _has_long_digits(data):
         return doc
     # orjson accepted it, so it is UTF-8 JSON without NaN or Infinity and at most 1024 levels
     # deep; only the numbers can come out differently.
@@ -153,7 +159,7 @@ def to_event(
         event_id = str(uuid.uuid4())
     else:
         try:
-            event_id = str(uuid.UUID(str(event_id)))
+            event_id = canonical_uuid(str(event_id))
         except ValueError:
             raise _fail(where, "event_id must be a UUID") from None
 
@@ -164,6 +170,9 @@ def to_event(
         raise _fail(where, "properties must be a JSON object")
     properties: dict[str, str] = {}
     for key, value in raw_props.items():
+        if type(value) is str:  # the common case, what canonical() returns as it is
+            properties[key] = value
+            continue
         text = _stringify(where, key, value)
         if text is not None:
             properties[key] = text

@@ -61,7 +61,7 @@ def retention(reader: Reader, q: Retention) -> Answer:
     read_end = midnight(_start(hi + q.periods, q.period), tz)
 
     params = Params()
-    src = events_source(common, params)
+    src = events_source(common, params, final=False)  # distinct users: copies change nothing
     index = _index_sql(q.period, params.bind(common.timezone, "String"))
 
     def condition(event: str | None, filters: Any) -> str:

@@ -41,13 +41,18 @@ class Source:
     where: list[str]
 
 
-def events_source(common: Common, params: Params, users: str = "uniqExact(user_id)") -> Source:
+def events_source(common: Common, params: Params, users: str = "uniqExact(user_id)",
+                  final: bool = True) -> Source:
+    """The events table, each event once (FINAL). *final* False skips that pass where copies
+    cannot change the answer: a set of distinct users is the same with a copy of a row in it
+    (retention, uniques), and FINAL costs those 40-60% of their CPU at 10M events
+    (bench/query.py)."""
     where = [
         f"project_id = {params.bind(common.project_id, 'String')}",
         f"ts >= fromUnixTimestamp64Milli({params.bind(int(common.range.start.timestamp() * 1000), 'Int64')}, 'UTC')",
         f"ts < fromUnixTimestamp64Milli({params.bind(int(common.range.end.timestamp() * 1000), 'Int64')}, 'UTC')",
     ]
-    return Source("events", "events FINAL", "ts", lambda d: d.raw(params),
+    return Source("events", "events FINAL" if final else "events", "ts", lambda d: d.raw(params),
                   lambda m: raw_aggregates(m, params, users), where)
 
 

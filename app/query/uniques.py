@@ -51,7 +51,7 @@ def uniques(reader: Reader, specs: list[RollupSpec], q: Uniques) -> Answer:
             if answer is not None:
                 return answer
     params = Params()
-    src = events_source(common, params)
+    src = events_source(common, params, final=False)  # distinct users: copies change nothing
     where = list(src.where)
     if q.events:
         where.append(f"`event_name` IN {params.bind(list(q.events), 'Array(String)')}")

@@ -101,6 +101,7 @@ class Pipeline:
     tmp: Path
     children: list[ChildProcess] = field(default_factory=list)
     urls: dict[str, str] = field(default_factory=dict)  # child name -> its HTTP base URL
+    api_child: ChildProcess | None = None  # the API process start_api started last
     _ch: Client | None = None
 
     @property
@@ -116,14 +117,20 @@ class Pipeline:
         self.urls[name] = f"http://{HOST}:{port}"
         return child
 
-    def start_api(self) -> str:
-        port = free_port()
+    def start_api(self, grpc_port: int | None = None, port: int | None = None) -> str:
+        """Start an API on *port* (default: a free one); its gRPC port is *grpc_port* or a free
+        one (in ``urls["api_grpc"]``)."""
+        port = free_port() if port is None else port
+        grpc_port = free_port() if grpc_port is None else grpc_port
         url = f"http://{HOST}:{port}"
         child = _start(f"api-{self.settings.worker.app_id}",
-                       python_module("app.cli", "api", "--host", HOST, "--port", str(port)),
+                       python_module("app.cli", "api", "--host", HOST, "--port", str(port),
+                                     "--grpc-port", str(grpc_port)),
                        http_ready(f"{url}/health"), self.tmp, self.env)
         self.children.append(child)
         self.urls["api"] = url
+        self.urls["api_grpc"] = f"{HOST}:{grpc_port}"
+        self.api_child = child
         return url
 
     @property

@@ -350,7 +350,12 @@ def test_errors_carry_clickhouse_codes(
 
 
 def test_an_error_after_rows_were_sent_still_reaches_the_client(client: Client) -> None:
-    sql = "SELECT throwIf(number = 250000) FROM numbers(300000)"
+    # One row per block, 0.1 s apart: the first blocks are sent well before the error (chdb
+    # reports an error that happened before a block was fetched instead of that block).
+    sql = (
+        "SELECT throwIf(number = 3) + sleepEachRow(0.1) FROM numbers(5) "
+        "SETTINGS max_block_size = 1"
+    )
     with pytest.raises(StreamFailureError) as err, client.query_row_block_stream(sql) as stream:
         for _ in stream:
             pass

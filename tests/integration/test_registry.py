@@ -482,14 +482,17 @@ def test_a_request_body_that_is_not_json_gets_400(http: httpx.Client, subject: s
 def test_a_store_failure_gets_50001_and_consumes_nothing(
     http: httpx.Client, registry: Registry, subject: str
 ) -> None:
-    # A directory where the registry writes its temporary file makes every save fail.
-    blocker = registry.data_dir / "registry.json.tmp"
-    blocker.mkdir()
+    # A directory where the registry appends its change log makes every write fail.
+    post_schema(http, f"/subjects/{subject}-first/versions", BASE)  # the log exists
+    change_log = registry.data_dir / "registry.log"
+    aside = change_log.rename(registry.data_dir / "registry.log.aside")
+    change_log.mkdir()
     try:
         failed = post_schema(http, f"/subjects/{subject}/versions", BASE)
         assert (failed.status_code, failed.json()["error_code"]) == (500, 50001)
     finally:
-        blocker.rmdir()
+        change_log.rmdir()
+        aside.rename(change_log)
     assert http.get(f"/subjects/{subject}/versions").status_code == 404
     assert post_schema(http, f"/subjects/{subject}/versions", BASE).status_code == 200
 

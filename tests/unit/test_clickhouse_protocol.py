@@ -280,15 +280,31 @@ def test_content_types() -> None:
 def test_sessions_expire_and_check_fails_for_unknown_ones() -> None:
     now = [100.0]
     store = SessionStore(clock=lambda: now[0])
-    state = store.touch("s", timeout_s=10, check=False)
+    state = store.acquire("s", timeout_s=10, check=False)
     state.settings["max_threads"] = "1"
+    store.release(state)
     now[0] += 9
-    assert store.touch("s", timeout_s=10, check=True).settings == {"max_threads": "1"}
+    again = store.acquire("s", timeout_s=10, check=True)
+    assert again.settings == {"max_threads": "1"}
+    now[0] += 100  # a session in use never expires
+    assert len(store) == 1
+    store.release(again)
     now[0] += 10.5
     assert len(store) == 0
     with pytest.raises(QueryFailed) as err:
-        store.touch("s", timeout_s=10, check=True)
+        store.acquire("s", timeout_s=10, check=True)
     assert err.value.code == 372
+
+
+def test_a_session_in_use_is_locked() -> None:
+    store = SessionStore()
+    held = store.acquire("s", timeout_s=10, check=False)
+    with pytest.raises(QueryFailed) as err:
+        store.acquire("s", timeout_s=10, check=False)
+    assert err.value.code == 373 and "locked by a concurrent client" in err.value.message
+    store.release(held)
+    store.release(store.acquire("s", timeout_s=10, check=False), close=True)
+    assert len(store) == 0
 
 
 # -- the pooled connection's handling of chdb (a recording stand-in for chdb) -----------

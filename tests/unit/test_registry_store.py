@@ -8,19 +8,23 @@ from typing import Any
 
 import pytest
 
+from app.embedded.registry import storage
 from app.embedded.registry.avro_schema import parse_avro
 from app.embedded.registry.compatibility import CompatibilityLevel, parse_level, read_problems
 from app.embedded.registry.exceptions import (
     DataDirLocked,
     IncompatibleSchema,
     InvalidCompatibilityLevel,
+    InvalidMode,
     InvalidSchema,
     InvalidVersion,
+    OperationNotPermitted,
     ReferenceExists,
     RegistryError,
     SchemaNotFound,
     StoreError,
     SubjectConfigNotFound,
+    SubjectModeNotFound,
     SubjectNotFound,
     SubjectNotSoftDeleted,
     SubjectSoftDeleted,
@@ -28,7 +32,7 @@ from app.embedded.registry.exceptions import (
     VersionNotSoftDeleted,
     VersionSoftDeleted,
 )
-from app.embedded.registry.records import Reference, parse_version
+from app.embedded.registry.records import Mode, Reference, parse_mode, parse_version
 from app.embedded.registry.storage import DataDir
 from app.embedded.registry.store import SchemaStore
 
@@ -474,10 +478,10 @@ def test_a_failed_save_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     store = SchemaStore.open(tmp_path)
     first = store.register("s", BASE)
 
-    def broken_save(document: dict[str, Any]) -> None:
+    def broken_append(changes: list[dict[str, Any]]) -> None:
         raise StoreError("disk full")
 
-    monkeypatch.setattr(store._data_dir, "save", broken_save)
+    monkeypatch.setattr(store._data_dir, "append", broken_append)
     with pytest.raises(StoreError):
         store.register("s", EVOLUTIONS["add_field_with_default"])
     with pytest.raises(StoreError):
@@ -505,6 +509,297 @@ def test_a_corrupt_state_file_is_reported_and_left_alone(tmp_path: Path) -> None
     assert state.read_text() == "{half a document"
     # The lock was released on the way out.
     DataDir.open(tmp_path).close()
+
+
+def operations(store: SchemaStore) -> None:
+    """A history touching every kind of change: schemas, versions, deletes, configs, modes."""
+    store.set_global_level(L.NONE)
+    for i in range(12):
+        store.register(f"s{i % 4}", record(("id", "string"), ("v", "int", i)))
+    store.register("s0", BASE, normalize=True)
+    store.delete_version("s1", 2)
+    store.delete_subject("s2")
+    store.delete_subject("s2", permanent=True)
+    store.set_subject_level("s3", L.FULL, normalize=True)
+    store.set_mode("s1", Mode.READONLY)
+    store.set_mode("empty", Mode.IMPORT)
+    store.register("empty", BASE, schema_id=500, version=7)
+
+
+def test_a_restart_replays_exactly_what_was_written(tmp_path: Path) -> None:
+    store = SchemaStore.open(tmp_path)
+    operations(store)
+    before = store._document()
+    store.close()
+    again = SchemaStore.open(tmp_path)
+    assert again._document() == before
+    assert again.register("next", EVOLUTIONS["remove_field"]).schema.id == 501
+    again.close()
+
+
+def test_compaction_keeps_everything_and_empties_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "COMPACT_AT_BYTES", 2_000)
+    store = SchemaStore.open(tmp_path)
+    operations(store)
+    before = store._document()
+    store.close()
+    assert (tmp_path / "registry.json").exists()
+    assert (tmp_path / "registry.log").stat().st_size < 2_000 + 1_000
+    again = SchemaStore.open(tmp_path)
+    assert again._document() == before
+    again.close()
+
+
+def test_a_crash_between_snapshot_and_log_truncation_repeats_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SchemaStore.open(tmp_path)
+    operations(store)
+    before = store._document()
+    full_log = (tmp_path / "registry.log").read_bytes()
+    store._data_dir.compact(store._document())  # type: ignore[union-attr]
+    store.close()
+    (tmp_path / "registry.log").write_bytes(full_log)  # as if the truncation never happened
+    again = SchemaStore.open(tmp_path)
+    assert again._document() == before
+    again.close()
+
+
+@pytest.mark.parametrize("tail", [b'{"seq": 99, "chan', b"garbage\n", b'{"seq":99,"changes":[]}'])
+def test_a_torn_last_change_is_dropped_on_open(tmp_path: Path, tail: bytes) -> None:
+    store = SchemaStore.open(tmp_path)
+    store.register("s", BASE)
+    before = store._document()
+    store.close()
+    with open(tmp_path / "registry.log", "ab") as fh:
+        fh.write(tail)
+    again = SchemaStore.open(tmp_path)
+    assert again._document() == before
+    again.register("t", EVOLUTIONS["remove_field"])
+    again.close()
+    assert SchemaStore.open(tmp_path).subjects() == ["s", "t"]
+
+
+def test_a_corrupt_change_in_the_middle_is_reported(tmp_path: Path) -> None:
+    store = SchemaStore.open(tmp_path)
+    store.register("s", BASE)
+    store.register("t", BASE)
+    store.close()
+    lines = (tmp_path / "registry.log").read_bytes().split(b"\n")
+    (tmp_path / "registry.log").write_bytes(b"\n".join([b"{not json", *lines[1:]]))
+    with pytest.raises(StoreError, match="corrupt change"):
+        SchemaStore.open(tmp_path)
+
+
+def test_a_write_appends_the_same_few_bytes_however_big_the_registry(tmp_path: Path) -> None:
+    store = SchemaStore.open(tmp_path)
+    store.set_global_level(L.NONE)
+    log_file = tmp_path / "registry.log"
+
+    def cost(subject: str) -> int:
+        size = log_file.stat().st_size
+        store.register(subject, record(("id", "string"), ("n", "string", subject)))
+        return log_file.stat().st_size - size
+
+    small = cost("first")
+    for i in range(300):
+        store.register(f"filler-{i}", record(("id", "string"), ("n", "string", str(i))))
+    assert cost("last") <= small + 10  # the new subject's name and id, nothing more
+    store.close()
+
+
+def test_a_directory_of_the_previous_format_opens(tmp_path: Path) -> None:
+    old = {
+        "format": 1,
+        "next_id": 3,
+        "global_level": "FULL",
+        "subject_levels": {"s": "NONE"},
+        "schemas": [
+            {
+                "id": 2,
+                "guid": "g",
+                "schema_type": "AVRO",
+                "schema": BASE,
+                "references": [],
+                "identity": "x",
+            }
+        ],
+        "subjects": {"s": [{"version": 1, "id": 2, "deleted": False}]},
+    }
+    (tmp_path / "registry.json").write_text(json.dumps(old))
+    store = SchemaStore.open(tmp_path)
+    assert store.global_level() is L.FULL and store.subject_level("s") is L.NONE
+    assert store.get_version("s", 1).schema.id == 2
+    assert store.register("t", EVOLUTIONS["remove_field"]).schema.id == 3
+    store.close()
+
+
+# -- modes ---------------------------------------------------------------------------------
+
+
+def test_modes_default_and_per_subject(store: SchemaStore) -> None:
+    assert store.global_mode() is Mode.READWRITE
+    with pytest.raises(SubjectModeNotFound) as info:
+        store.subject_mode("s")
+    assert info.value.code == 40409
+    assert store.subject_mode("s", default_to_global=True) is Mode.READWRITE
+    store.set_mode("s", Mode.READONLY)
+    assert store.subject_mode("s") is Mode.READONLY
+    assert store.delete_subject_mode("s") is Mode.READONLY
+    with pytest.raises(SubjectNotFound):
+        store.delete_subject_mode("s")
+
+
+def test_read_only_refuses_every_change_but_answers_reads(store: SchemaStore) -> None:
+    store.register("s", BASE)
+    store.set_mode("s", Mode.READONLY)
+    assert store.register("s", BASE).version == 1  # already registered: answered, not refused
+    refused = [
+        lambda: store.register("s", EVOLUTIONS["add_field_with_default"]),
+        lambda: store.delete_subject("s"),
+        lambda: store.delete_version("s", 1),
+        lambda: store.set_subject_level("s", L.NONE),
+    ]
+    for attempt in refused:
+        with pytest.raises(OperationNotPermitted, match="read-only") as info:
+            attempt()
+        assert info.value.code == 42205 and info.value.http_status == 422
+    assert store.get_version("s", "latest").version == 1
+    assert store.register("other", BASE).version == 1  # another subject is not frozen
+
+
+def test_global_readonly_override_beats_subject_modes(store: SchemaStore) -> None:
+    store.set_mode("s", Mode.READWRITE)
+    store.set_mode(None, Mode.READONLY)
+    store.register("s", BASE)  # the subject's own READWRITE wins over a global READONLY
+    store.set_mode(None, Mode.READONLY_OVERRIDE)
+    assert store.subject_mode("s") is Mode.READONLY_OVERRIDE
+    with pytest.raises(OperationNotPermitted):
+        store.register("s", EVOLUTIONS["add_field_with_default"])
+    with pytest.raises(OperationNotPermitted):
+        store.set_global_level(L.NONE)
+
+
+def test_import_needs_an_empty_scope_and_explicit_ids(store: SchemaStore) -> None:
+    store.register("taken", BASE)
+    with pytest.raises(OperationNotPermitted, match="existing subjects"):
+        store.set_mode(None, Mode.IMPORT)
+    with pytest.raises(OperationNotPermitted, match="existing subjects"):
+        store.set_mode("taken", Mode.IMPORT)
+    store.set_mode("taken", Mode.IMPORT, force=True)
+    store.set_mode("fresh", Mode.IMPORT)
+    with pytest.raises(OperationNotPermitted, match="not in read-write mode"):
+        store.register("fresh", EVOLUTIONS["remove_field"])
+    with pytest.raises(OperationNotPermitted, match="not in import mode"):
+        store.register("elsewhere", EVOLUTIONS["remove_field"], schema_id=40)
+    # No compatibility check in IMPORT: an incompatible history is taken as it is.
+    store.register("fresh", EVOLUTIONS["remove_field"], schema_id=40, version=3)
+    imported = store.register("fresh", EVOLUTIONS["change_type_string_to_int"], schema_id=41)
+    assert (imported.schema.id, imported.version) == (41, 4)
+    with pytest.raises(OperationNotPermitted, match="Overwrite"):
+        store.register("fresh", EVOLUTIONS["add_field_with_default"], schema_id=40)
+    store.set_mode("fresh", Mode.READWRITE)
+    assert store.register("after", EVOLUTIONS["add_field_with_default"]).schema.id == 42
+
+
+@pytest.mark.parametrize("value", ["readonly", "READONLY_OVERRIDE", "Import"])
+def test_modes_parse_in_any_case(value: str) -> None:
+    assert parse_mode(value).value == value.upper()
+
+
+@pytest.mark.parametrize("value", ["READ_ONLY", None, 1, ""])
+def test_invalid_modes_are_refused_with_42204(value: object) -> None:
+    with pytest.raises(InvalidMode) as info:
+        parse_mode(value)
+    assert info.value.code == 42204 and info.value.http_status == 422
+
+
+# -- normalisation -------------------------------------------------------------------------
+
+
+def aliased(record_aliases: list[str], field_aliases: list[str], namespace: bool) -> str:
+    doc: dict[str, Any] = {
+        "type": "record",
+        "name": "Thing",
+        "aliases": record_aliases,
+        "fields": [{"name": "a", "type": "string", "aliases": field_aliases}],
+    }
+    if namespace:
+        doc = {"namespace": "rv", **doc}
+    else:
+        doc["name"] = "rv.Thing"
+    return json.dumps(doc)
+
+
+def test_normalize_treats_alias_order_and_name_spelling_as_the_same_schema(
+    store: SchemaStore,
+) -> None:
+    first = store.register("s", aliased(["Old", "Older"], ["x", "y"], True), normalize=True)
+    same = aliased(["Older", "Old"], ["y", "x"], False)
+    assert store.register("s", same, normalize=True).schema.id == first.schema.id
+    assert store.lookup("s", same, normalize=True).version == 1
+    with pytest.raises(SchemaNotFound):
+        store.lookup("s", same)  # without normalize, alias order is part of the schema
+    stored = json.loads(first.schema.text)
+    assert stored["aliases"] == ["rv.Old", "rv.Older"] and "namespace" not in stored
+
+
+def test_normalize_can_be_the_subject_default(store: SchemaStore) -> None:
+    store.set_subject_level("s", None, normalize=True)
+    first = store.register("s", aliased(["B", "A"], [], True))
+    assert store.register("s", aliased(["A", "B"], [], True)).schema.id == first.schema.id
+
+
+def test_an_overly_deep_schema_is_an_invalid_schema(store: SchemaStore) -> None:
+    depth = 3000
+    text = "".join(
+        f'{{"type":"record","name":"L{level}","fields":[{{"name":"x","type":'
+        for level in range(depth)
+    )
+    text += '"string"' + "}]}" * depth
+    with pytest.raises(InvalidSchema, match="nested too deeply"):
+        store.register("s", text)
+
+
+def test_recursive_schema_incompatible_change_is_reported(store: SchemaStore) -> None:
+    def node(value: str) -> str:
+        return json.dumps(
+            {
+                "type": "record",
+                "name": "Node",
+                "fields": [
+                    {"name": "value", "type": value},
+                    {"name": "next", "type": "Node"},
+                    {"name": "kids", "type": {"type": "array", "items": "Node"}},
+                ],
+            }
+        )
+
+    store.register("list", node("long"))
+    verdict = store.check_compatibility("list", node("int"))
+    assert verdict.is_compatible is False
+    assert any("'value'" in m for m in verdict.messages)
+    assert store.register("list", node("long")).version == 1
+
+
+def test_schemas_lists_every_subject_version(store: SchemaStore) -> None:
+    store.set_global_level(L.NONE)
+    store.register("b", BASE)
+    store.register("a", BASE)
+    store.register("a", EVOLUTIONS["remove_field"])
+    store.delete_version("a", 1)
+    listed = [(r.subject, r.version) for r in store.schemas()]
+    assert listed == [("a", 2), ("b", 1)]
+    assert [(r.subject, r.version) for r in store.schemas(deleted=True)] == [
+        ("a", 1),
+        ("a", 2),
+        ("b", 1),
+    ]
+    assert [r.subject for r in store.schemas(prefix="b")] == ["b"]
+    assert [(r.subject, r.version) for r in store.schemas(latest_only=True, limit=1)] == [("a", 2)]
+    assert [r.subject for r in store.schemas(offset=1)] == ["b"]
 
 
 def test_registry_errors_are_rearview_errors() -> None:

@@ -164,8 +164,14 @@ class PooledConnection:
         try:
             self._conn.query("SET " + ", ".join(changes), "TabSeparated")
         except _CHDB_ERRORS as exc:
-            self.broken = True  # part of the list may have been applied
-            raise _failed(exc) from None
+            # Part of the list may have been applied: learn what the connection now has (a
+            # session's connection must survive a bad setting; its temporary tables live here).
+            failed = _failed(exc)
+            try:
+                self.read_state()
+            except QueryFailed:
+                self.broken = True
+            raise failed from None
         self.settings = dict(settings)
 
     def read_state(self) -> ConnectionState:
@@ -186,6 +192,45 @@ class PooledConnection:
         self.database = db.decode().strip()
         self.settings = changed
         return ConnectionState(self.database, dict(changed))
+
+    def describe(self, sql: str, params: Mapping[str, str]) -> list[tuple[str, str]]:
+        """(name, type) of each column *sql* returns (``DESCRIBE (sql)``)."""
+        try:
+            raw = self._conn.query(f"DESCRIBE ({sql})", "TSVRaw", params=dict(params)).bytes()
+        except _CHDB_ERRORS as exc:
+            raise _failed(exc) from None
+        rows = []
+        for line in raw.decode("utf-8", "replace").splitlines():
+            name, _, rest = line.partition("\t")
+            rows.append((name, rest.partition("\t")[0]))
+        return rows
+
+    def run(self, sql: str) -> None:
+        """A statement whose answer does not matter (DDL of the endpoint's own)."""
+        try:
+            self._conn.query(sql, "TabSeparated")
+        except _CHDB_ERRORS as exc:
+            raise _failed(exc) from None
+
+    def drop_temporary(self, name: str) -> None:
+        """Drop an external table after its query; a connection that keeps it is not reused."""
+        try:
+            self._conn.query(f"DROP TEMPORARY TABLE IF EXISTS {quote_identifier(name)}", "TSV")
+        except _CHDB_ERRORS:
+            self.broken = True
+
+    def begin_statement(
+        self, sql: bytes, fmt: str, params: Mapping[str, str], stream: bool
+    ) -> tuple[QueryClass, Any | None, StreamChunk | None]:
+        """Classify *sql* and, for a single read when *stream*, open its stream and fetch the
+        first block: one trip to this thread instead of three."""
+        kind = self.classify(sql)
+        if not stream or kind.kind != "READ_ONLY" or kind.statement_count != 1:
+            return kind, None, None
+        handle = self.open_stream(sql, fmt, params)
+        if handle is None:
+            return kind, None, None
+        return kind, handle, self.fetch(handle)
 
     def classify(self, sql: bytes) -> QueryClass:
         info = self._conn.classify_query(sql)

@@ -12,6 +12,7 @@ from app.embedded.clickhouse.protocol import (
     QueryStats,
     RequestOptions,
     content_type,
+    progress_header,
     summary_header,
 )
 from app.embedded.clickhouse.sessions import SessionState
@@ -36,6 +37,14 @@ class RequestContext:
     def timezone(self) -> str:
         return self.settings.get("session_timezone") or self.engine.info.timezone
 
+    def flag(self, setting: str) -> bool:
+        return self.settings.get(setting, "0").strip().lower() in _TRUE
+
+    @property
+    def native_revision(self) -> int:
+        """The client's protocol revision when the answer is Native (0: as chdb writes it)."""
+        return self.opts.client_protocol_version
+
     @property
     def response_encoding(self) -> str | None:
         value = self.settings.get("enable_http_compression")
@@ -55,6 +64,10 @@ class RequestContext:
             "X-ClickHouse-Server-Display-Name": HOSTNAME,
             "X-ClickHouse-Summary": summary_header(stats),
         }
+        if self.flag("send_progress_in_http_headers"):
+            # A server sends one every http_headers_progress_interval_ms while the query runs;
+            # here the progress known when the response starts (module docs of server.py).
+            headers["X-ClickHouse-Progress"] = progress_header(stats)
         if fmt is not None:
             headers["X-ClickHouse-Format"] = fmt
         if encoding is not None:

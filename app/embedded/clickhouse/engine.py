@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import itertools
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,37 @@ from chdb import _chdb
 
 from app.embedded.clickhouse.connection import PooledConnection
 from app.embedded.clickhouse.exceptions import DataDirLocked, EngineStartError, QueryFailed
-from app.embedded.clickhouse.sessions import SessionStore
+from app.embedded.clickhouse.sessions import SessionState, SessionStore
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_CONNECTIONS: Final = 8
+DESCRIBED_CACHE_SIZE: Final = 256
+
+
+class DescribedCache:
+    """``DESCRIBE`` answers by (session, database, query, params, settings), least recently
+    used first out; emptied whenever a statement other than a read runs (DDL may change
+    the types a query returns)."""
+
+    def __init__(self, size: int = DESCRIBED_CACHE_SIZE) -> None:
+        self._size = size
+        self._items: OrderedDict[object, list[tuple[str, str]]] = OrderedDict()
+
+    def get(self, key: object) -> list[tuple[str, str]] | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: object, value: list[tuple[str, str]]) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 @dataclass(frozen=True)
@@ -66,6 +93,7 @@ class ChdbEngine:
         self.data_dir = data_dir
         self.info = info
         self.sessions = SessionStore()
+        self.described = DescribedCache()
         self._anchor = anchor  # keeps the engine (and the directory lock) up while idle
         self._max = max_connections
         self._idle: list[PooledConnection] = []
@@ -74,6 +102,8 @@ class ChdbEngine:
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None
+        self._aux: PooledConnection | None = None
+        self._aux_lock: asyncio.Lock | None = None
         self._closed = False
 
     @classmethod
@@ -95,8 +125,23 @@ class ChdbEngine:
         return cls(data_dir, anchor, info, max_connections)
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[PooledConnection]:
-        """Lease a connection for one request."""
+    async def connection(
+        self, session: SessionState | None = None
+    ) -> AsyncIterator[PooledConnection]:
+        """The connection for one request: the session's own (opened on first use), else one
+        leased from the pool. A session's connection stays with the session whatever
+        happens here; :class:`SessionStore` closes it when the session ends."""
+        if session is not None:
+            if session.conn is None:
+                with self._lock:
+                    if self._closed:
+                        raise RuntimeError("the chdb engine is closed")
+                    number = next(self._numbers)
+                session.conn = PooledConnection(
+                    lambda: _connect(self.data_dir), number, self.info.baseline_settings
+                )
+            yield session.conn
+            return
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max)
         async with self._slots:
@@ -113,9 +158,27 @@ class ChdbEngine:
                 raise
             self._give_back(conn, healthy=not conn.broken)
 
+    def schema_changed(self) -> None:
+        self.described.clear()
+
+    @contextlib.asynccontextmanager
+    async def auxiliary(self) -> AsyncIterator[PooledConnection]:
+        """A spare connection for short side questions (``DESCRIBE`` of a running query)
+        that must not wait for a pool slot the asking request may be holding."""
+        if self._aux_lock is None:
+            self._aux_lock = asyncio.Lock()
+        async with self._aux_lock:
+            if self._aux is None or self._aux.broken or self._aux.poisoned:
+                if self._aux is not None:
+                    self._aux.close()
+                self._aux = PooledConnection(
+                    lambda: _connect(self.data_dir), 0, self.info.baseline_settings
+                )
+            yield self._aux
+
     @property
     def has_poisoned_connections(self) -> bool:
-        return bool(self._poisoned)
+        return bool(self._poisoned) or bool(self.sessions.poisoned)
 
     def close(self) -> None:
         """Close every connection (waiting for running calls), then the engine."""
@@ -124,12 +187,16 @@ class ChdbEngine:
             conns = list(self._all)
             self._all.clear()
             self._idle.clear()
+        conns += self.sessions.close_all()
+        if self._aux is not None:
+            conns.append(self._aux)
+            self._aux = None
         for conn in conns:
             if conn.poisoned:
                 self._poisoned.append(conn)
             else:
                 conn.close_and_wait()
-        if self._poisoned:
+        if self.has_poisoned_connections:
             log.warning("chdb_engine_left_open", poisoned_connections=len(self._poisoned))
             return  # closing the engine would touch them: the process must just exit
         with contextlib.suppress(Exception):

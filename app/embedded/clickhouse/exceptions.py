@@ -8,13 +8,16 @@ from typing import Final
 from core.exceptions import RearviewError
 
 # ClickHouse error codes the endpoint raises itself (values from the engine's system.errors).
+BAD_ARGUMENTS: Final = 36
 NOT_IMPLEMENTED: Final = 48
 SYNTAX_ERROR: Final = 62
+THERE_IS_NO_SESSION: Final = 113
 UNKNOWN_SETTING: Final = 115
 INCORRECT_DATA: Final = 117
 READONLY: Final = 164
 QUERY_IS_TOO_LARGE: Final = 229
 SESSION_NOT_FOUND: Final = 372
+SESSION_IS_LOCKED: Final = 373
 INVALID_SESSION_TIMEOUT: Final = 374
 UNKNOWN_EXCEPTION: Final = 1002
 

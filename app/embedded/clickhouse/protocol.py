@@ -80,6 +80,7 @@ class RequestOptions:
     session_check: bool = False
     close_session: bool = False
     wait_end_of_query: bool = False
+    client_protocol_version: int = 0
 
 
 def parse_options(args: Iterable[tuple[str, str]], headers: Mapping[str, str]) -> RequestOptions:
@@ -87,7 +88,8 @@ def parse_options(args: Iterable[tuple[str, str]], headers: Mapping[str, str]) -
 
     Raises QueryFailed for a setting name that cannot be one, a bad session timeout, or
     ClickHouse's own block compression (``compress``/``decompress=1``), which this endpoint
-    does not implement (HTTP Content-Encoding is supported instead).
+    does not implement (HTTP Content-Encoding is supported instead: every client that
+    compresses over HTTP, clickhouse-connect included, uses it).
     """
     values: dict[str, str] = {}
     settings: dict[str, str] = {}
@@ -105,8 +107,10 @@ def parse_options(args: Iterable[tuple[str, str]], headers: Mapping[str, str]) -
         if _is_true(values.get(flag, "0")):
             raise QueryFailed(
                 NOT_IMPLEMENTED,
-                f"The embedded endpoint does not implement ClickHouse block compression "
-                f"('{flag}=1'); use HTTP Content-Encoding / Accept-Encoding. (NOT_IMPLEMENTED)",
+                f"Setting '{flag}=1' (ClickHouse's own block compression with CityHash "
+                f"checksums) is not supported by Rearview's embedded endpoint: compress with "
+                f"HTTP Content-Encoding / Accept-Encoding (lz4, zstd, gzip, deflate) instead. "
+                f"See README, 'Differences from a real server'. (NOT_IMPLEMENTED)",
             )
     timeout_s = DEFAULT_SESSION_TIMEOUT_S
     if "session_timeout" in values:
@@ -135,7 +139,15 @@ def parse_options(args: Iterable[tuple[str, str]], headers: Mapping[str, str]) -
         session_check=_is_true(values.get("session_check", "0")),
         close_session=_is_true(values.get("close_session", "0")),
         wait_end_of_query=_is_true(values.get("wait_end_of_query", "0")),
+        client_protocol_version=_revision(values.get("client_protocol_version", "0")),
     )
+
+
+def _revision(value: str) -> int:
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        return 0
 
 
 def _is_true(value: str) -> bool:
@@ -173,6 +185,23 @@ class QueryStats:
     result_rows: int = 0
     result_bytes: int = 0
     elapsed_ns: int = 0
+
+
+def progress_header(stats: QueryStats) -> str:
+    """``X-ClickHouse-Progress``: what a server sends while ``send_progress_in_http_headers``."""
+    return json.dumps(
+        {
+            "read_rows": str(stats.read_rows),
+            "read_bytes": str(stats.read_bytes),
+            "written_rows": str(stats.written_rows),
+            "written_bytes": str(stats.written_bytes),
+            "total_rows_to_read": str(stats.read_rows),
+            "result_rows": str(stats.result_rows),
+            "result_bytes": str(stats.result_bytes),
+            "elapsed_ns": str(stats.elapsed_ns),
+        },
+        separators=(",", ":"),
+    )
 
 
 def summary_header(stats: QueryStats) -> str:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from aiohttp import BodyPartReader, web
 
 from app.embedded.clickhouse.compression import Decoder, IdentityDecoder
-from app.embedded.clickhouse.exceptions import NOT_IMPLEMENTED, QUERY_IS_TOO_LARGE, QueryFailed
+from app.embedded.clickhouse.exceptions import BAD_ARGUMENTS, QUERY_IS_TOO_LARGE, QueryFailed
+from app.embedded.clickhouse.external import ExternalTable, external_table
 from app.embedded.clickhouse.protocol import PARAM_PREFIX, RequestOptions
 from app.embedded.clickhouse.statement import InsertWithData, Split, split_input
 
@@ -22,30 +23,54 @@ READ_CHUNK: Final = 1 << 20  # body read size, and the least size of a decoded s
 MAX_STATEMENT_BYTES: Final = 16 << 20  # a statement (with inline VALUES) held in memory
 
 
-async def form_fields(request: web.Request, opts: RequestOptions) -> tuple[bytes, RequestOptions]:
-    """The statement prefix (``query`` argument + newline), and multipart form fields.
+@dataclass(frozen=True)
+class Form:
+    """What a request carries besides its body's statement: the ``query`` prefix, options
+    completed by multipart fields, and external tables (multipart file parts)."""
+
+    prefix: bytes
+    opts: RequestOptions
+    external: list[ExternalTable] = field(default_factory=list)
+
+
+async def read_form(request: web.Request, opts: RequestOptions) -> Form:
+    """The statement prefix (``query`` argument + newline), multipart fields and files.
 
     clickhouse-connect posts ``query`` and ``param_*`` as multipart/form-data when asked to
-    (``form_encode_query_params``); file parts would be external tables, not supported.
+    (``form_encode_query_params``), and external data as file parts: each becomes a table
+    named after its part, shaped by the ``<name>_structure`` (or ``<name>_types``) and
+    ``<name>_format`` URL arguments, as on a server. Other fields are settings.
     """
     query = opts.query
     if request.content_type != "multipart/form-data":
-        return (query + "\n").encode() if query else b"", opts
+        return Form((query + "\n").encode() if query else b"", opts)
     params = dict(opts.params)
+    settings = dict(opts.settings)
+    files: list[tuple[str, bytes]] = []
     reader = await request.multipart()
     async for part in reader:
-        if not isinstance(part, BodyPartReader) or part.filename:
-            raise QueryFailed(
-                NOT_IMPLEMENTED,
-                "External tables (multipart file parts) are not supported by the embedded "
-                "endpoint. (NOT_IMPLEMENTED)",
-            )
+        if not isinstance(part, BodyPartReader):
+            raise QueryFailed(BAD_ARGUMENTS, "Nested multipart bodies are not supported")
+        if (
+            part.filename is not None
+            or part.name not in _FORM_FIELDS
+            and not (part.name or "").startswith(PARAM_PREFIX)
+        ):
+            if part.filename is None:
+                settings[part.name or ""] = (await part.read()).decode()
+                continue
+            files.append((part.name or part.filename, bytes(await part.read(decode=True))))
+            continue
         value = (await part.read()).decode()
         if part.name == "query":
             query = f"{query}\n{value}" if query else value
         elif part.name and part.name.startswith(PARAM_PREFIX):
             params[part.name[len(PARAM_PREFIX) :]] = value
-    return query.encode(), replace(opts, params=params)
+    tables = [external_table(name, data, settings) for name, data in files]
+    return Form(query.encode(), replace(opts, params=params, settings=settings), tables)
+
+
+_FORM_FIELDS: Final = frozenset({"query"})
 
 
 async def decoded_body(request: web.Request, decoder: Decoder) -> AsyncIterator[bytes]:

@@ -21,6 +21,7 @@ from app.embedded.clickhouse.connection import PooledConnection, StreamChunk
 from app.embedded.clickhouse.context import HOSTNAME, RequestContext
 from app.embedded.clickhouse.engine import ChdbEngine
 from app.embedded.clickhouse.exceptions import QueryFailed
+from app.embedded.clickhouse.native import NativeRewriter
 from app.embedded.clickhouse.protocol import QueryStats, error_body, exception_block, http_status
 
 log = structlog.get_logger(__name__)
@@ -94,27 +95,35 @@ async def _write_encoded(
 
 
 async def send_stream(
-    request: web.Request, conn: PooledConnection, ctx: RequestContext, handle: Any, fmt: str
+    request: web.Request,
+    conn: PooledConnection,
+    ctx: RequestContext,
+    handle: Any,
+    fmt: str,
+    first: StreamChunk | None,
+    rewriter: NativeRewriter | None = None,
 ) -> web.StreamResponse:
     """A streaming query's result. Errors before the first block get a proper HTTP error.
 
     With ``wait_end_of_query=1`` (clickhouse-connect's ``query()``), the whole result is
     buffered first, so any error is an HTTP error and the summary header is complete.
     Otherwise blocks are sent as chdb produces them and a late error is reported in the
-    body with ClickHouse's exception marker.
+    body with ClickHouse's exception marker. *first* is the first block, already fetched
+    (None: the result is empty); *rewriter* adapts Native blocks to the client's revision.
     """
     open_stream = True
     try:
-        first = await conn.call(conn.fetch, handle)
         if first is None:
             open_stream = False
             return await send_whole(request, ctx, memoryview(b""), fmt, QueryStats())
+        if rewriter is not None:
+            first = StreamChunk(rewriter.block(first.data), first.stats)
         if ctx.opts.wait_end_of_query:
-            spool, size, stats = await conn.call(_spool_all, conn, handle, first)
+            spool, size, stats = await conn.call(_spool_all, conn, handle, first, rewriter)
             open_stream = False
             with spool:
                 return await _send_spool(request, ctx, spool, size, fmt, stats)
-        response = await _send_blocks(request, conn, ctx, handle, fmt, first)
+        response = await _send_blocks(request, conn, ctx, handle, fmt, first, rewriter)
         open_stream = False  # ran to its end (or to chdb's error)
         return response
     except QueryFailed:
@@ -126,7 +135,7 @@ async def send_stream(
 
 
 def _spool_all(
-    conn: PooledConnection, handle: Any, first: StreamChunk
+    conn: PooledConnection, handle: Any, first: StreamChunk, rewriter: NativeRewriter | None
 ) -> tuple[IO[bytes], int, QueryStats]:
     """Runs on the connection's thread: the whole result into memory, then a temp file."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned
@@ -134,7 +143,7 @@ def _spool_all(
         total = first.stats
         spool.write(first.data)
         while (chunk := conn.fetch(handle)) is not None:
-            spool.write(chunk.data)
+            spool.write(rewriter.block(chunk.data) if rewriter is not None else chunk.data)
             total = _add(total, chunk.stats)
     except BaseException:
         spool.close()
@@ -164,6 +173,10 @@ async def _send_spool(
     fmt: str,
     stats: QueryStats,
 ) -> web.StreamResponse:
+    if size <= WRITE_CHUNK:
+        # A small answer (most of them): no executor round trips, one write.
+        data = spool.read()
+        return await send_whole(request, ctx, memoryview(data), fmt, stats)
     loop = asyncio.get_running_loop()
     encoding = ctx.response_encoding
     response = web.StreamResponse(headers=ctx.headers(fmt, stats, encoding))
@@ -188,13 +201,14 @@ async def _send_spool(
 
 
 def _fetch_encoded(
-    conn: PooledConnection, handle: Any, encoder: Encoder
+    conn: PooledConnection, handle: Any, encoder: Encoder, rewriter: NativeRewriter | None
 ) -> tuple[bytes, QueryStats] | None:
-    """Runs on the connection's thread: next block, already compressed."""
+    """Runs on the connection's thread: next block, adapted and compressed."""
     chunk: StreamChunk | None = conn.fetch(handle)
     if chunk is None:
         return None
-    return encoder.compress(chunk.data), chunk.stats
+    data = rewriter.block(chunk.data) if rewriter is not None else chunk.data
+    return encoder.compress(data), chunk.stats
 
 
 async def _send_blocks(
@@ -204,6 +218,7 @@ async def _send_blocks(
     handle: Any,
     fmt: str,
     first: StreamChunk,
+    rewriter: NativeRewriter | None,
 ) -> web.StreamResponse:
     encoding = ctx.response_encoding
     encoder = response_encoder(encoding)
@@ -218,7 +233,7 @@ async def _send_blocks(
         while True:
             if out:
                 await response.write(out)
-            nxt = await conn.call(_fetch_encoded, conn, handle, encoder)
+            nxt = await conn.call(_fetch_encoded, conn, handle, encoder, rewriter)
             if nxt is None:
                 break
             out = nxt[0]

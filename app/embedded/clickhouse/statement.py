@@ -255,3 +255,43 @@ def output_format(query: str, known_formats: frozenset[str]) -> str | None:
             ):
                 found = by_upper[name.text.strip('`"').upper()]
     return found
+
+
+def without_format(query: str, known_formats: frozenset[str]) -> str:
+    """*query* without its top-level ``FORMAT name`` clause (and a trailing semicolon), so it
+    can be wrapped as ``DESCRIBE (query)``."""
+    by_upper = {name.upper() for name in known_formats}
+    tokens = list(_tokens(query, complete=True))
+    depth = 0
+    cut: tuple[int, int] | None = None
+    for i, token in enumerate(tokens):
+        if token.kind == "punct" and token.text in "([":
+            depth += 1
+        elif token.kind == "punct" and token.text in ")]":
+            depth -= 1
+        elif depth == 0 and token.is_word("FORMAT") and i + 1 < len(tokens):
+            name = tokens[i + 1]
+            if name.kind in ("word", "ident") and name.text.strip('`"').upper() in by_upper:
+                cut = (token.start, name.end)
+    text = query if cut is None else query[: cut[0]] + " " + query[cut[1] :]
+    return text.rstrip().rstrip(";").rstrip()
+
+
+def creates_temporary_table(query: str) -> bool:
+    """``CREATE [OR REPLACE] TEMPORARY TABLE ...``: a table that needs a session."""
+    words: list[str] = []
+    try:
+        for token in _tokens(query, complete=True):
+            if token.kind != "word":
+                break
+            words.append(token.text.upper())
+            if len(words) == 4:
+                break
+    except Incomplete:
+        return False
+    if not words or words[0] != "CREATE":
+        return False
+    rest = words[1:]
+    if rest[:2] == ["OR", "REPLACE"]:
+        rest = rest[2:]
+    return bool(rest) and rest[0] == "TEMPORARY"

@@ -1,7 +1,7 @@
 """Compatibility levels and the Avro reader/writer check behind them.
 
 Confluent's seven levels, in terms of which schema must be able to read data written with
-which (the decision itself is ``avro.compatibility.ReaderWriterCompatibilityChecker``):
+which (the decision follows Avro's resolution rules, see :mod:`core.avro_compatibility`):
 
 =====================  =========================================  ===========================
 level                  the new schema is checked against          rule
@@ -15,11 +15,9 @@ FULL                   the latest live version                    both
 FULL_TRANSITIVE        every live version                         both
 =====================  =========================================  ===========================
 
-"Live" means not soft-deleted, as in Confluent. The checker's own result merges its
-messages and locations into two unordered sets, which loses which message belongs to which
-field; :func:`read_problems` therefore walks record fields itself and asks the checker about
-one field at a time, so every problem names the field it is about (``price``,
-``address.zip``, ``tags[]``).
+"Live" means not soft-deleted, as in Confluent. The reader/writer decision and its
+per-field messages come from :mod:`core.avro_compatibility` (iterative, memoised: recursive
+and deeply nested schemas are fine).
 """
 
 from __future__ import annotations
@@ -28,16 +26,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from avro.compatibility import (
-    ReaderWriterCompatibilityChecker,
-    SchemaCompatibilityResult,
-    SchemaCompatibilityType,
-    lookup_writer_field,
-    schema_name_equals,
-)
-from avro.schema import ArraySchema, MapSchema, RecordSchema, Schema
+from avro.schema import Schema
 
 from app.embedded.registry.exceptions import InvalidCompatibilityLevel
+from core.avro_compatibility import Problem, read_problems
+
+__all__ = [
+    "COMPATIBLE",
+    "DEFAULT_LEVEL",
+    "CompatibilityLevel",
+    "CompatibilityResult",
+    "Problem",
+    "check",
+    "parse_level",
+    "read_problems",
+]
 
 
 class CompatibilityLevel(StrEnum):
@@ -79,75 +82,12 @@ def parse_level(value: object) -> CompatibilityLevel:
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One reason a reader cannot read a writer's data."""
-
-    kind: str  # the checker's incompatibility type, upper case: TYPE_MISMATCH, ...
-    path: str  # dotted field path from the record root; "" for the schema itself
-    detail: str
-
-    def __str__(self) -> str:
-        where = f"field '{self.path}'" if self.path else "the schema root"
-        return f"{self.kind} at {where}: {self.detail}"
-
-
-@dataclass(frozen=True)
 class CompatibilityResult:
     is_compatible: bool
     messages: tuple[str, ...] = ()
 
 
 COMPATIBLE = CompatibilityResult(True)
-
-
-def read_problems(reader: Schema, writer: Schema) -> list[Problem]:
-    """Why *reader* cannot read data written with *writer*; empty when it can."""
-    checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
-    return _problems(checker, reader, writer, "")
-
-
-def _problems(
-    checker: ReaderWriterCompatibilityChecker, reader: Schema, writer: Schema, path: str
-) -> list[Problem]:
-    result = checker.get_compatibility(reader, writer)
-    if result.compatibility is not SchemaCompatibilityType.incompatible:
-        return []
-    found: list[Problem] = []
-    if isinstance(reader, RecordSchema) and isinstance(writer, RecordSchema):
-        if not schema_name_equals(reader, writer):
-            found.append(
-                Problem(
-                    "NAME_MISMATCH",
-                    path,
-                    f"reader record {reader.fullname} "
-                    f"does not match writer record {writer.fullname}",
-                )
-            )
-        for field in reader.fields:
-            field_path = f"{path}.{field.name}" if path else field.name
-            writer_field = lookup_writer_field(writer_schema=writer, reader_field=field)
-            if writer_field is not None:
-                found.extend(_problems(checker, field.type, writer_field.type, field_path))
-            elif not field.has_default:
-                found.append(
-                    Problem(
-                        "READER_FIELD_MISSING_DEFAULT_VALUE",
-                        field_path,
-                        "the reader has this field without a default and the writer lacks it",
-                    )
-                )
-    elif isinstance(reader, ArraySchema) and isinstance(writer, ArraySchema):
-        found.extend(_problems(checker, reader.items, writer.items, f"{path}[]"))
-    elif isinstance(reader, MapSchema) and isinstance(writer, MapSchema):
-        found.extend(_problems(checker, reader.values, writer.values, f"{path}{{}}"))
-    # Whatever the walk above could not attribute (unions, enums, fixed, primitives, or a
-    # case it does not know) is reported at this level with the checker's own words.
-    return found or [_summary(result, path)]
-
-
-def _summary(result: SchemaCompatibilityResult, path: str) -> Problem:
-    kinds = sorted({kind.name.upper() for kind in result.incompatibilities}) or ["INCOMPATIBLE"]
-    return Problem(", ".join(kinds), path, "; ".join(sorted(result.messages)))
 
 
 def check(

@@ -58,6 +58,10 @@ class SubjectConfigNotFound(RegistryError):
     code = 40408
 
 
+class SubjectModeNotFound(RegistryError):
+    code = 40409
+
+
 class IncompatibleSchema(RegistryError):
     code = 409
 
@@ -72,6 +76,16 @@ class InvalidVersion(RegistryError):
 
 class InvalidCompatibilityLevel(RegistryError):
     code = 42203
+
+
+class InvalidMode(RegistryError):
+    code = 42204
+
+
+class OperationNotPermitted(RegistryError):
+    """Refused by the registry's mode (read-only, or import needed), Confluent's 42205."""
+
+    code = 42205
 
 
 class ReferenceExists(RegistryError):

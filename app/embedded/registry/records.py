@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
 
-from app.embedded.registry.exceptions import InvalidSchema, InvalidVersion
+from app.embedded.registry.exceptions import InvalidMode, InvalidSchema, InvalidVersion
 
 MAX_VERSION = 2**31 - 1
 
@@ -26,6 +27,39 @@ def parse_version(text: str) -> Version:
             f'Allowed values are between [1, {MAX_VERSION}] and the string "latest"'
         )
     return number
+
+
+class Mode(StrEnum):
+    """Confluent's registry modes, globally and per subject.
+
+    READWRITE accepts every request; READONLY and READONLY_OVERRIDE refuse every change
+    (registering, deleting, changing a compatibility setting), and a global READONLY_OVERRIDE
+    also overrides every subject's own mode; IMPORT accepts registrations that carry their
+    own id and version (migrations), without compatibility checks, and only those.
+    """
+
+    READWRITE = "READWRITE"
+    READONLY = "READONLY"
+    READONLY_OVERRIDE = "READONLY_OVERRIDE"
+    IMPORT = "IMPORT"
+
+    @property
+    def read_only(self) -> bool:
+        return self in (Mode.READONLY, Mode.READONLY_OVERRIDE)
+
+
+DEFAULT_MODE = Mode.READWRITE
+
+
+def parse_mode(value: object) -> Mode:
+    """The mode named by *value* (any case), else :class:`InvalidMode` (42204)."""
+    if isinstance(value, str):
+        try:
+            return Mode(value.upper())
+        except ValueError:
+            pass
+    valid = ", ".join(mode.value for mode in Mode)
+    raise InvalidMode(f"Invalid mode {value!r}: expected one of {valid}")
 
 
 @dataclass(frozen=True)

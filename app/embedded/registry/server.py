@@ -5,11 +5,11 @@ the answer as Confluent does. Errors become Confluent's ``{"error_code", "messag
 Every store call runs under one ``asyncio.Lock`` (so concurrent registrations cannot take
 the same id) in a worker thread (so the fsync of a change never stalls the event loop).
 
-Confluent features beyond what confluent-kafka's serializers need are not implemented:
-modes other than READWRITE, contexts, metadata and rule sets (accepted in bodies, ignored),
-JSON Schema and Protobuf (refused with 42201), and schema associations (``/associations``
-answers 404, which clients read as "this registry has none"). The ``normalize`` query
-parameter is accepted and changes nothing: schemas are always compared in canonical form.
+Modes (READWRITE, READONLY, READONLY_OVERRIDE, IMPORT) follow Confluent, as do
+``normalize`` (query parameter or config) and ``GET /schemas``. Not implemented: contexts
+other than the default one (``GET /contexts`` answers ``["."]``), metadata and rule sets
+(accepted in bodies, ignored), JSON Schema and Protobuf (refused with 42201), and schema
+associations (``/associations`` answers 404, which clients read as "this registry has none").
 """
 
 from __future__ import annotations
@@ -33,14 +33,18 @@ from app.embedded.registry.compatibility import (
 )
 from app.embedded.registry.exceptions import (
     InvalidCompatibilityLevel,
+    InvalidMode,
     InvalidSchema,
     RegistryError,
     SchemaNotFound,
 )
 from app.embedded.registry.records import (
+    Mode,
     Reference,
     RegisteredVersion,
     StoredSchema,
+    Version,
+    parse_mode,
     parse_version,
 )
 from app.embedded.registry.store import SchemaStore
@@ -80,6 +84,18 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "false").strip().lower() == "true"
 
 
+def _optional_flag(request: web.Request, name: str) -> bool | None:
+    """True or False when the query names *name*, else None (the config decides)."""
+    return _flag(request, name) if name in request.query else None
+
+
+def _int_arg(request: web.Request, name: str, default: int) -> int:
+    try:
+        return int(request.query.get(name, default))
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"Query parameter {name} must be an integer") from None
+
+
 def _schema_id(request: web.Request) -> int:
     text = request.match_info["id"]
     try:
@@ -103,7 +119,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 async def _schema_request(request: web.Request) -> tuple[str, str | None, list[Reference]]:
     """``schema``, ``schemaType`` and ``references`` of a register/lookup/compatibility body."""
-    body = await _body(request)
+    return _schema_fields(await _body(request))
+
+
+def _schema_fields(body: dict[str, Any]) -> tuple[str, str | None, list[Reference]]:
     schema = body.get("schema")
     if not isinstance(schema, str) or not schema.strip():
         raise InvalidSchema('Invalid schema: the request has no "schema" string')
@@ -164,6 +183,10 @@ async def confluent_errors(request: web.Request, handler: Handler) -> web.Stream
             raise
         message = exc.reason if exc.status in (400, 422) else f"HTTP {exc.status} {exc.reason}"
         return _error(exc.status, exc.status, message)
+    except RecursionError:
+        # A defect in a recursive walk: one line, not a thousand frames of traceback.
+        log.error("registry_recursion_error", method=request.method, path=request.path)
+        return _error(500, 50001, "Error in the backend data store (see the registry's log)")
     except Exception:
         log.exception("registry_internal_error", method=request.method, path=request.path)
         return _error(500, 50001, "Error in the backend data store (see the registry's log)")
@@ -238,6 +261,7 @@ async def lookup(request: web.Request) -> web.Response:
         schema_type,
         references,
         deleted=_flag(request, "deleted"),
+        normalize=_optional_flag(request, "normalize"),
     )
     return _json(_version_body(found))
 
@@ -261,11 +285,29 @@ async def list_versions(request: web.Request) -> web.Response:
     return _json(versions)
 
 
+def _optional_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value < 0):
+        return None  # Confluent's clients send -1 / 0 for "not given"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value > 0 or name == "id" else None
+    raise InvalidSchema(f'Invalid schema: "{name}" must be an integer')
+
+
 async def register(request: web.Request) -> web.Response:
     subject = request.match_info["subject"]
-    schema, schema_type, references = await _schema_request(request)
+    body = await _body(request)
+    schema, schema_type, references = _schema_fields(body)
     registered = await _call(
-        request, request.app[STORE].register, subject, schema, schema_type, references
+        request,
+        request.app[STORE].register,
+        subject,
+        schema,
+        schema_type,
+        references,
+        normalize=_optional_flag(request, "normalize"),
+        schema_id=_optional_int(body, "id"),
+        version=_optional_int(body, "version"),
     )
     if registered.created:
         log.info(
@@ -320,55 +362,73 @@ async def delete_version(request: web.Request) -> web.Response:
     return _json(version)
 
 
+async def _compatibility(request: web.Request, version: Version | None) -> web.Response:
+    """Confluent's answer: with ``verbose``, an invalid schema is ``is_compatible: false``
+    with the parser's reason among the messages; without it, a 42201 error."""
+    verbose = _flag(request, "verbose")
+    try:
+        schema, schema_type, references = await _schema_request(request)
+        result = await _call(
+            request,
+            request.app[STORE].check_compatibility,
+            request.match_info["subject"],
+            schema,
+            schema_type,
+            references,
+            version=version,
+            normalize=_optional_flag(request, "normalize"),
+        )
+    except InvalidSchema as exc:
+        if not verbose:
+            raise
+        result = CompatibilityResult(False, (exc.message,))
+    return _json(_compatibility_body(result, verbose))
+
+
 async def compatibility_with_version(request: web.Request) -> web.Response:
-    version = parse_version(request.match_info["version"])
-    schema, schema_type, references = await _schema_request(request)
-    result = await _call(
-        request,
-        request.app[STORE].check_compatibility,
-        request.match_info["subject"],
-        schema,
-        schema_type,
-        references,
-        version=version,
-    )
-    return _json(_compatibility_body(result, _flag(request, "verbose")))
+    return await _compatibility(request, parse_version(request.match_info["version"]))
 
 
 async def compatibility_with_subject(request: web.Request) -> web.Response:
-    schema, schema_type, references = await _schema_request(request)
-    result = await _call(
-        request,
-        request.app[STORE].check_compatibility,
-        request.match_info["subject"],
-        schema,
-        schema_type,
-        references,
-    )
-    return _json(_compatibility_body(result, _flag(request, "verbose")))
+    return await _compatibility(request, None)
 
 
-async def _requested_level(request: web.Request) -> CompatibilityLevel:
+async def _requested_config(request: web.Request) -> tuple[CompatibilityLevel | None, bool | None]:
+    """The level and ``normalize`` flag of a PUT /config body (either may be left out)."""
     try:
         body = await _body(request)
     except web.HTTPUnprocessableEntity:
         raise InvalidCompatibilityLevel(
             "Invalid compatibility level: body must be an object"
         ) from None
-    return parse_level(body.get("compatibility", body.get("compatibilityLevel")))
+    value = body.get("compatibility", body.get("compatibilityLevel"))
+    normalize = body.get("normalize")
+    if not isinstance(normalize, bool):
+        normalize = None
+    if value is None and normalize is not None:
+        return None, normalize
+    return parse_level(value), normalize
+
+
+def _config_body(level: CompatibilityLevel, normalize: bool | None, key: str) -> dict[str, Any]:
+    body: dict[str, Any] = {key: level.value}
+    if normalize is not None:
+        body["normalize"] = normalize
+    return body
 
 
 async def get_global_config(request: web.Request) -> web.Response:
-    level = await _call(request, request.app[STORE].global_level)
-    return _json({"compatibilityLevel": level.value})
+    store = request.app[STORE]
+    level = await _call(request, store.global_level)
+    normalize = await _call(request, store.global_normalize)
+    return _json(_config_body(level, normalize or None, "compatibilityLevel"))
 
 
 async def put_global_config(request: web.Request) -> web.Response:
-    level = await _call(
-        request, request.app[STORE].set_global_level, await _requested_level(request)
-    )
-    log.info("compatibility_set", compatibility=level.value)
-    return _json({"compatibility": level.value})
+    level, normalize = await _requested_config(request)
+    stored = await _call(request, request.app[STORE].set_global_level, level, normalize)
+    log.info("compatibility_set", compatibility=stored.value)
+    return _json(_config_body(stored, normalize, "compatibility"))
 
 
 async def delete_global_config(request: web.Request) -> web.Response:
@@ -377,22 +437,20 @@ async def delete_global_config(request: web.Request) -> web.Response:
 
 
 async def get_subject_config(request: web.Request) -> web.Response:
-    level = await _call(
-        request,
-        request.app[STORE].subject_level,
-        request.match_info["subject"],
-        default_to_global=_flag(request, "defaultToGlobal"),
-    )
-    return _json({"compatibilityLevel": level.value})
+    store = request.app[STORE]
+    subject = request.match_info["subject"]
+    default_to_global = _flag(request, "defaultToGlobal")
+    level = await _call(request, store.subject_level, subject, default_to_global=default_to_global)
+    normalize = await _call(request, store.subject_normalize, subject, default_to_global)
+    return _json(_config_body(level, normalize or None, "compatibilityLevel"))
 
 
 async def put_subject_config(request: web.Request) -> web.Response:
     subject = request.match_info["subject"]
-    level = await _call(
-        request, request.app[STORE].set_subject_level, subject, await _requested_level(request)
-    )
-    log.info("compatibility_set", subject=subject, compatibility=level.value)
-    return _json({"compatibility": level.value})
+    level, normalize = await _requested_config(request)
+    stored = await _call(request, request.app[STORE].set_subject_level, subject, level, normalize)
+    log.info("compatibility_set", subject=subject, compatibility=stored.value)
+    return _json(_config_body(stored, normalize, "compatibility"))
 
 
 async def delete_subject_config(request: web.Request) -> web.Response:
@@ -402,8 +460,66 @@ async def delete_subject_config(request: web.Request) -> web.Response:
     return _json({"compatibilityLevel": previous.value})
 
 
-async def mode(request: web.Request) -> web.Response:
-    return _json({"mode": "READWRITE"})
+async def _requested_mode(request: web.Request) -> Mode:
+    try:
+        body = await _body(request)
+    except web.HTTPUnprocessableEntity:
+        raise InvalidMode("Invalid mode: body must be an object") from None
+    return parse_mode(body.get("mode"))
+
+
+async def get_global_mode(request: web.Request) -> web.Response:
+    mode = await _call(request, request.app[STORE].global_mode)
+    return _json({"mode": mode.value})
+
+
+async def put_global_mode(request: web.Request) -> web.Response:
+    mode = await _requested_mode(request)
+    await _call(request, request.app[STORE].set_mode, None, mode, _flag(request, "force"))
+    log.info("mode_set", mode=mode.value)
+    return _json({"mode": mode.value})
+
+
+async def get_subject_mode(request: web.Request) -> web.Response:
+    mode = await _call(
+        request,
+        request.app[STORE].subject_mode,
+        request.match_info["subject"],
+        default_to_global=_flag(request, "defaultToGlobal"),
+    )
+    return _json({"mode": mode.value})
+
+
+async def put_subject_mode(request: web.Request) -> web.Response:
+    subject = request.match_info["subject"]
+    mode = await _requested_mode(request)
+    await _call(request, request.app[STORE].set_mode, subject, mode, _flag(request, "force"))
+    log.info("mode_set", subject=subject, mode=mode.value)
+    return _json({"mode": mode.value})
+
+
+async def delete_subject_mode(request: web.Request) -> web.Response:
+    mode = await _call(
+        request, request.app[STORE].delete_subject_mode, request.match_info["subject"]
+    )
+    return _json({"mode": mode.value})
+
+
+async def list_schemas(request: web.Request) -> web.Response:
+    found = await _call(
+        request,
+        request.app[STORE].schemas,
+        prefix=request.query.get("subjectPrefix", ""),
+        deleted=_flag(request, "deleted"),
+        latest_only=_flag(request, "latestOnly"),
+        offset=_int_arg(request, "offset", 0),
+        limit=_int_arg(request, "limit", -1),
+    )
+    return _json([_version_body(registered) for registered in found])
+
+
+async def contexts(request: web.Request) -> web.Response:
+    return _json(["."])
 
 
 async def no_associations(request: web.Request) -> web.Response:
@@ -447,8 +563,13 @@ def create_app(store: SchemaStore) -> web.Application:
             web.get("/config/{subject}", get_subject_config),
             web.put("/config/{subject}", put_subject_config),
             web.delete("/config/{subject}", delete_subject_config),
-            web.get("/mode", mode),
-            web.get("/mode/{subject}", mode),
+            web.get("/mode", get_global_mode),
+            web.put("/mode", put_global_mode),
+            web.get("/mode/{subject}", get_subject_mode),
+            web.put("/mode/{subject}", put_subject_mode),
+            web.delete("/mode/{subject}", delete_subject_mode),
+            web.get("/schemas", list_schemas),
+            web.get("/contexts", contexts),
             web.route("*", "/associations", no_associations),
             web.route("*", "/associations/{tail:.*}", no_associations),
         ]

@@ -2,8 +2,9 @@
 
 :class:`SchemaStore` keeps what a Confluent Schema Registry keeps and decides what it
 decides: global schema ids, subjects and their versions, soft and permanent deletion,
-compatibility levels. Every refusal is a :class:`~app.embedded.registry.exceptions.RegistryError`
-carrying Confluent's error code; the HTTP layer only translates.
+compatibility levels and modes. Every refusal is a
+:class:`~app.embedded.registry.exceptions.RegistryError` carrying Confluent's error code; the
+HTTP layer only translates.
 
 Rules, following Confluent's:
 
@@ -13,27 +14,38 @@ Rules, following Confluent's:
   to other content, not even after a permanent delete: the content-to-id binding is kept, so
   re-registering an identical schema after a permanent delete gets its old id back. A schema
   that no subject-version (live or soft-deleted) holds any more answers "schema not found".
+  Only IMPORT can give known content a second id (the id a source registry had given it).
 - **Registering** a schema that is already a live version of the subject returns that version
-  and creates nothing. Otherwise the compatibility level is enforced against the live
-  versions, and a new version ``max version + 1`` (soft-deleted versions count) is created.
-  As Confluent does, re-registering a soft-deleted schema creates a new version and removes
-  the soft-deleted versions that held the same id.
+  and creates nothing, whatever the mode. Otherwise the mode must allow it (READWRITE; or
+  IMPORT when the request names its id or version) and, outside IMPORT, the compatibility
+  level is enforced against the live versions; a new version ``max version + 1`` (soft-deleted
+  versions count) is created. As Confluent does, re-registering a soft-deleted schema creates
+  a new version and removes the soft-deleted versions that held the same id.
 - **Deleting** is soft first (versions are hidden unless ``deleted`` is asked for, and their
   ids still resolve), then permanent, which only a soft-deleted subject or version accepts.
-  A version that another schema references cannot be deleted (42206).
+  A version that another schema references cannot be deleted (42206). When a subject's last
+  live version goes, its own compatibility level and mode go too.
+- **Modes** (:class:`~app.embedded.registry.records.Mode`): a subject's own mode, else the
+  global one (READWRITE by default); a global READONLY_OVERRIDE beats every subject's mode.
+  In a read-only mode every change to that subject is refused with 42205. Switching a scope
+  to IMPORT needs it to hold no live subject, unless forced.
 - **References** (``{"name", "subject", "version"}``) are stored and resolved: the referenced
   subject-version must exist, and its named types are visible to the referring schema.
 
 Only Avro is supported. The store is not thread-safe: the server serialises every call.
-Pass a :class:`~app.embedded.registry.storage.DataDir` to make every change durable before
-the call returns; without one the store lives in memory (unit tests).
+
+Persistence is event-sourced: a change is a list of records (one schema, one subject's
+version list, one setting), written to the data directory's log (see
+:mod:`app.embedded.registry.storage`) before :meth:`SchemaStore._apply` applies it in memory,
+so a failed write changes nothing and a restart replays exactly what was acknowledged.
+Without a data directory the store lives in memory (unit tests).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +62,12 @@ from app.embedded.registry.compatibility import (
 from app.embedded.registry.exceptions import (
     IncompatibleSchema,
     InvalidSchema,
+    OperationNotPermitted,
     ReferenceExists,
     SchemaNotFound,
     StoreError,
     SubjectConfigNotFound,
+    SubjectModeNotFound,
     SubjectNotFound,
     SubjectNotSoftDeleted,
     SubjectSoftDeleted,
@@ -62,15 +76,19 @@ from app.embedded.registry.exceptions import (
     VersionSoftDeleted,
 )
 from app.embedded.registry.records import (
+    DEFAULT_MODE,
+    MAX_VERSION,
+    Mode,
     Reference,
     RegisteredVersion,
     StoredSchema,
     SubjectVersion,
     Version,
 )
-from app.embedded.registry.storage import DataDir
+from app.embedded.registry.storage import Change, DataDir
 
-DOCUMENT_FORMAT = 1
+DOCUMENT_FORMAT = 2
+GLOBAL = ""  # the key of the global scope in configs and modes (no subject is named "")
 
 
 def _identity(schema_type: str, parsed: ParsedSchema, references: Sequence[Reference]) -> str:
@@ -78,8 +96,33 @@ def _identity(schema_type: str, parsed: ParsedSchema, references: Sequence[Refer
     return f"{schema_type}\n{parsed.canonical}\n{refs}"
 
 
+@dataclass(frozen=True)
+class Config:
+    """A scope's own compatibility settings (None: not set there)."""
+
+    level: CompatibilityLevel | None = None
+    normalize: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.level is not None:
+            out["level"] = self.level.value
+        if self.normalize is not None:
+            out["normalize"] = self.normalize
+        return out
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Config:
+        level = value.get("level")
+        normalize = value.get("normalize")
+        return cls(
+            CompatibilityLevel(level) if level is not None else None,
+            bool(normalize) if normalize is not None else None,
+        )
+
+
 class SchemaStore:
-    """Subjects, versions, global ids and compatibility configuration of one registry."""
+    """Subjects, versions, global ids, compatibility configuration and modes of one registry."""
 
     def __init__(self, data_dir: DataDir | None = None) -> None:
         self._data_dir = data_dir
@@ -88,13 +131,18 @@ class SchemaStore:
         self._by_identity: dict[str, int] = {}
         self._by_guid: dict[str, int] = {}
         self._subjects: dict[str, list[SubjectVersion]] = {}
-        self._global_level = DEFAULT_LEVEL
-        self._subject_levels: dict[str, CompatibilityLevel] = {}
+        self._configs: dict[str, Config] = {}
+        self._modes: dict[str, Mode] = {}
         self._parsed: dict[int, avro.schema.Schema] = {}
         if data_dir is not None:
-            document = data_dir.load()
-            if document is not None:
-                self._restore(document)
+            saved = data_dir.load()
+            if saved.snapshot is not None:
+                self._restore(saved.snapshot)
+            try:
+                for change in saved.changes:
+                    self._apply(change)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StoreError(f"{data_dir.log_path} cannot be replayed: {exc!r}") from exc
 
     @classmethod
     def open(cls, path: Path) -> SchemaStore:
@@ -118,46 +166,94 @@ class SchemaStore:
         schema: str,
         schema_type: str | None = None,
         references: Sequence[Reference] = (),
+        *,
+        normalize: bool | None = None,
+        schema_id: int | None = None,
+        version: int | None = None,
     ) -> RegisteredVersion:
-        """Register *schema* under *subject*; see the module docstring for the rules."""
+        """Register *schema* under *subject*; see the module docstring for the rules.
+
+        *schema_id* and *version* (IMPORT mode only) give the new version its id and number.
+        """
         schema_type = normalise_schema_type(schema_type)
         references = tuple(references)
-        parsed = self._parse(schema, references)
+        parsed = self._parse(schema, references, self._normalizing(subject, normalize))
         identity = _identity(schema_type, parsed, references)
         versions = self._subjects.get(subject, [])
+        for held in reversed(versions):
+            stored = self._schemas[held.schema_id]
+            if (
+                not held.deleted
+                and stored.identity == identity
+                and schema_id in (None, stored.id)
+                and version in (None, held.version)
+            ):
+                return RegisteredVersion(subject, held.version, stored)
         existing_id = self._by_identity.get(identity)
-        if existing_id is not None:
-            for held in reversed(versions):
-                if held.schema_id == existing_id and not held.deleted:
-                    return RegisteredVersion(subject, held.version, self._schemas[existing_id])
 
-        level = self.subject_level(subject, default_to_global=True)
-        result = check(level, parsed.avro, self._live_parsed(versions))
-        if not result.is_compatible:
-            raise IncompatibleSchema(
-                f"Schema being registered is incompatible with an earlier schema for subject "
-                f'"{subject}" (compatibility {level.value}), details: ' + "; ".join(result.messages)
-            )
+        mode = self.mode_in_scope(subject)
+        importing = schema_id is not None or version is not None
+        if mode.read_only:
+            raise self._read_only(subject)
+        if importing and mode is not Mode.IMPORT:
+            raise OperationNotPermitted(f"Subject {subject} is not in import mode")
+        if not importing and mode is not Mode.READWRITE:
+            raise OperationNotPermitted(f"Subject {subject} is not in read-write mode")
 
-        with self._changing():
-            if existing_id is None:
-                stored = StoredSchema(
-                    id=self._next_id,
-                    guid=str(uuid.uuid4()),
-                    schema_type=schema_type,
-                    text=parsed.text,
-                    references=references,
-                    identity=identity,
+        if mode is not Mode.IMPORT:
+            level = self.subject_level(subject, default_to_global=True)
+            result = check(level, parsed.avro, self._live_parsed(versions))
+            if not result.is_compatible:
+                raise IncompatibleSchema(
+                    f"Schema being registered is incompatible with an earlier schema for "
+                    f'subject "{subject}" (compatibility {level.value}), details: '
+                    + "; ".join(result.messages)
                 )
-                self._add_schema(stored)
-                self._next_id += 1
-            else:
-                stored = self._schemas[existing_id]
-            self._parsed[stored.id] = parsed.avro
+
+        changes: list[Change] = []
+        if schema_id is not None and schema_id != existing_id:
+            if not 1 <= schema_id <= MAX_VERSION:
+                raise InvalidSchema(f"Invalid schema id {schema_id}")
+            if schema_id in self._schemas:
+                raise OperationNotPermitted(
+                    f"Overwrite new schema with id {schema_id} is not permitted."
+                )
+            new_id: int | None = schema_id
+        else:
+            new_id = None if existing_id is not None else self._next_id
+        if new_id is not None:
+            changes.append(
+                {
+                    "op": "schema",
+                    "id": new_id,
+                    "guid": str(uuid.uuid4()),
+                    "schema_type": schema_type,
+                    "schema": parsed.text,
+                    "references": [r.to_json() for r in references],
+                    "identity": identity,
+                }
+            )
+            changes.append({"op": "next_id", "value": max(self._next_id, new_id + 1)})
+        stored_id = new_id if new_id is not None else existing_id
+        assert stored_id is not None
+        if version is not None:
+            if not 1 <= version <= MAX_VERSION:
+                raise InvalidSchema(f"Invalid version {version}")
+            taken = next((held for held in versions if held.version == version), None)
+            if taken is not None:
+                raise OperationNotPermitted(
+                    f"Subject {subject} already has a version {version} (schema id "
+                    f"{taken.schema_id}); it cannot be imported again"
+                )
+            new_version = version
+        else:
             new_version = max((held.version for held in versions), default=0) + 1
-            kept = [held for held in versions if not (held.deleted and held.schema_id == stored.id)]
-            self._subjects[subject] = [*kept, SubjectVersion(new_version, stored.id)]
-        return RegisteredVersion(subject, new_version, stored, created=True)
+        kept = [held for held in versions if not (held.deleted and held.schema_id == stored_id)]
+        after = sorted([*kept, SubjectVersion(new_version, stored_id)], key=lambda v: v.version)
+        changes.append(self._versions_change(subject, after))
+        self._commit(changes)
+        self._parsed[stored_id] = parsed.avro
+        return RegisteredVersion(subject, new_version, self._schemas[stored_id], created=True)
 
     def lookup(
         self,
@@ -166,15 +262,17 @@ class SchemaStore:
         schema_type: str | None = None,
         references: Sequence[Reference] = (),
         deleted: bool = False,
+        *,
+        normalize: bool | None = None,
     ) -> RegisteredVersion:
         """The version of *subject* holding *schema* (40401 no subject, 40403 not held)."""
         versions = self._visible_versions(subject, deleted)
         schema_type = normalise_schema_type(schema_type)
         references = tuple(references)
-        parsed = self._parse(schema, references)
-        schema_id = self._by_identity.get(_identity(schema_type, parsed, references))
+        parsed = self._parse(schema, references, self._normalizing(subject, normalize))
+        identity = _identity(schema_type, parsed, references)
         for held in reversed(versions):
-            if held.schema_id == schema_id:
+            if self._schemas[held.schema_id].identity == identity:
                 return RegisteredVersion(
                     subject, held.version, self._schemas[held.schema_id], held.deleted
                 )
@@ -199,6 +297,32 @@ class SchemaStore:
     def versions_for_id(self, schema_id: int, deleted: bool = False) -> list[tuple[str, int]]:
         self.schema_by_id(schema_id)
         return sorted(self._holders(schema_id, deleted))
+
+    def schemas(
+        self,
+        prefix: str = "",
+        deleted: bool = False,
+        latest_only: bool = False,
+        offset: int = 0,
+        limit: int = -1,
+    ) -> list[RegisteredVersion]:
+        """Every subject-version under subjects starting with *prefix* (``GET /schemas``).
+
+        Sorted by subject and version; *latest_only* keeps each subject's latest one.
+        """
+        found: list[RegisteredVersion] = []
+        for subject in sorted(self._subjects):
+            if not subject.startswith(prefix):
+                continue
+            held = [v for v in self._subjects[subject] if deleted or not v.deleted]
+            if latest_only:
+                held = held[-1:]
+            found.extend(
+                RegisteredVersion(subject, v.version, self._schemas[v.schema_id], v.deleted)
+                for v in held
+            )
+        found = found[max(offset, 0) :]
+        return found if limit < 0 else found[:limit]
 
     # -- subjects and versions ------------------------------------------------------------
 
@@ -244,6 +368,8 @@ class SchemaStore:
 
         Returns the versions deleted.
         """
+        if self.mode_in_scope(subject).read_only:
+            raise self._read_only(subject)
         versions = self._subjects.get(subject)
         if not versions:
             raise SubjectNotFound(f"Subject '{subject}' not found.")
@@ -255,9 +381,7 @@ class SchemaStore:
                 )
             for held in versions:
                 self._refuse_if_referenced(subject, held.version, include_soft_deleted=True)
-            with self._changing():
-                del self._subjects[subject]
-                self._subject_levels.pop(subject, None)
+            self._commit([self._versions_change(subject, []), *self._forget_scope(subject)])
             return [held.version for held in versions]
         if not live:
             raise SubjectSoftDeleted(
@@ -265,13 +389,14 @@ class SchemaStore:
             )
         for held in live:
             self._refuse_if_referenced(subject, held.version, include_soft_deleted=False)
-        with self._changing():
-            for held in live:
-                held.deleted = True
+        after = [SubjectVersion(v.version, v.schema_id, True) for v in versions]
+        self._commit([self._versions_change(subject, after), *self._forget_scope(subject)])
         return [held.version for held in live]
 
     def delete_version(self, subject: str, version: Version, permanent: bool = False) -> int:
         """Soft-delete a live version, or (*permanent*) remove a soft-deleted one."""
+        if self.mode_in_scope(subject).read_only:
+            raise self._read_only(subject)
         # A numbered version is found even when soft-deleted, to say so (40406); "latest"
         # means the latest live version, or for a permanent delete the latest of all.
         held = self._find_version(subject, version, deleted=permanent or version != "latest")
@@ -282,12 +407,8 @@ class SchemaStore:
                     "being permanently deleted"
                 )
             self._refuse_if_referenced(subject, held.version, include_soft_deleted=True)
-            with self._changing():
-                remaining = [v for v in self._subjects[subject] if v is not held]
-                if remaining:
-                    self._subjects[subject] = remaining
-                else:
-                    del self._subjects[subject]
+            remaining = [v for v in self._subjects[subject] if v is not held]
+            self._commit([self._versions_change(subject, remaining)])
             return held.version
         if held.deleted:
             raise VersionSoftDeleted(
@@ -295,8 +416,14 @@ class SchemaStore:
                 "Set permanent=true to delete permanently"
             )
         self._refuse_if_referenced(subject, held.version, include_soft_deleted=False)
-        with self._changing():
-            held.deleted = True
+        after = [
+            SubjectVersion(v.version, v.schema_id, v.deleted or v is held)
+            for v in self._subjects[subject]
+        ]
+        changes = [self._versions_change(subject, after)]
+        if all(v.deleted for v in after):
+            changes += self._forget_scope(subject)
+        self._commit(changes)
         return held.version
 
     # -- compatibility --------------------------------------------------------------------
@@ -308,6 +435,8 @@ class SchemaStore:
         schema_type: str | None = None,
         references: Sequence[Reference] = (),
         version: Version | None = None,
+        *,
+        normalize: bool | None = None,
     ) -> CompatibilityResult:
         """Would *schema* be accepted under *subject*'s level?
 
@@ -316,7 +445,7 @@ class SchemaStore:
         itself looks at.
         """
         schema_type = normalise_schema_type(schema_type)
-        parsed = self._parse(schema, tuple(references))
+        parsed = self._parse(schema, tuple(references), self._normalizing(subject, normalize))
         level = self.subject_level(subject, default_to_global=True)
         versions = self._subjects.get(subject, [])
         if version is None:
@@ -329,48 +458,128 @@ class SchemaStore:
     # -- configuration --------------------------------------------------------------------
 
     def global_level(self) -> CompatibilityLevel:
-        return self._global_level
+        return self._configs.get(GLOBAL, Config()).level or DEFAULT_LEVEL
 
-    def set_global_level(self, level: CompatibilityLevel) -> CompatibilityLevel:
-        with self._changing():
-            self._global_level = level
-        return level
+    def global_normalize(self) -> bool:
+        return bool(self._configs.get(GLOBAL, Config()).normalize)
+
+    def set_global_level(
+        self, level: CompatibilityLevel | None, normalize: bool | None = None
+    ) -> CompatibilityLevel:
+        self._set_config(GLOBAL, level, normalize)
+        return self.global_level()
 
     def reset_global_level(self) -> CompatibilityLevel:
         """Back to the default (BACKWARD); returns the level that was set."""
-        previous = self._global_level
-        with self._changing():
-            self._global_level = DEFAULT_LEVEL
+        previous = self.global_level()
+        if self.mode_in_scope(None).read_only:
+            raise self._read_only(None)
+        self._commit([{"op": "config", "subject": GLOBAL, "value": None}])
         return previous
 
     def subject_level(self, subject: str, default_to_global: bool = False) -> CompatibilityLevel:
-        level = self._subject_levels.get(subject)
+        level = self._configs.get(subject, Config()).level
         if level is not None:
             return level
         if default_to_global:
-            return self._global_level
+            return self.global_level()
         raise SubjectConfigNotFound(
             f"Subject '{subject}' does not have subject-level compatibility configured"
         )
 
-    def set_subject_level(self, subject: str, level: CompatibilityLevel) -> CompatibilityLevel:
-        with self._changing():
-            self._subject_levels[subject] = level
-        return level
+    def subject_normalize(self, subject: str, default_to_global: bool = True) -> bool | None:
+        own = self._configs.get(subject, Config()).normalize
+        if own is not None or not default_to_global:
+            return own
+        return self.global_normalize()
+
+    def set_subject_level(
+        self, subject: str, level: CompatibilityLevel | None, normalize: bool | None = None
+    ) -> CompatibilityLevel:
+        self._set_config(subject, level, normalize)
+        return self.subject_level(subject, default_to_global=True)
 
     def delete_subject_level(self, subject: str) -> CompatibilityLevel:
         """Forget *subject*'s own level (it follows the global one again); returns it."""
+        if self.mode_in_scope(subject).read_only:
+            raise self._read_only(subject)
         previous = self.subject_level(subject)
-        with self._changing():
-            del self._subject_levels[subject]
+        self._commit([{"op": "config", "subject": subject, "value": None}])
         return previous
+
+    def _set_config(
+        self, scope: str, level: CompatibilityLevel | None, normalize: bool | None
+    ) -> None:
+        if self.mode_in_scope(scope or None).read_only:
+            raise self._read_only(scope or None)
+        current = self._configs.get(scope, Config())
+        new = Config(
+            level if level is not None else current.level,
+            normalize if normalize is not None else current.normalize,
+        )
+        self._commit([{"op": "config", "subject": scope, "value": new.to_json()}])
+
+    # -- modes ----------------------------------------------------------------------------
+
+    def global_mode(self) -> Mode:
+        return self._modes.get(GLOBAL, DEFAULT_MODE)
+
+    def mode_in_scope(self, subject: str | None) -> Mode:
+        """The mode that governs *subject* (None: the global scope)."""
+        global_mode = self.global_mode()
+        if subject is None or global_mode is Mode.READONLY_OVERRIDE:
+            return global_mode
+        return self._modes.get(subject, global_mode)
+
+    def subject_mode(self, subject: str, default_to_global: bool = False) -> Mode:
+        """*subject*'s own mode (40409 when unset), or with *default_to_global* the one in force."""
+        if default_to_global:
+            return self.mode_in_scope(subject)
+        if self.global_mode() is Mode.READONLY_OVERRIDE:
+            return Mode.READONLY_OVERRIDE
+        mode = self._modes.get(subject)
+        if mode is None:
+            raise SubjectModeNotFound(
+                f"Subject '{subject}' does not have subject-level mode configured"
+            )
+        return mode
+
+    def set_mode(self, subject: str | None, mode: Mode, force: bool = False) -> Mode:
+        """Set the global mode (*subject* None) or a subject's; IMPORT needs an empty scope."""
+        if mode is Mode.IMPORT and self.mode_in_scope(subject) is not Mode.IMPORT and not force:
+            live = self.subjects()
+            if (subject is None and live) or subject in live:
+                raise OperationNotPermitted("Cannot import since found existing subjects")
+        self._commit([{"op": "mode", "subject": subject or GLOBAL, "value": mode.value}])
+        return mode
+
+    def delete_subject_mode(self, subject: str) -> Mode:
+        """Forget *subject*'s own mode; returns it (40401 when it had none, as Confluent)."""
+        mode = self._modes.get(subject)
+        if mode is None:
+            raise SubjectNotFound(f"Subject '{subject}' not found.")
+        self._commit([{"op": "mode", "subject": subject, "value": None}])
+        return mode
 
     # -- internals ------------------------------------------------------------------------
 
-    def _parse(self, schema: str, references: tuple[Reference, ...]) -> ParsedSchema:
+    def _normalizing(self, subject: str, requested: bool | None) -> bool:
+        if requested is not None:
+            return requested
+        return bool(self.subject_normalize(subject))
+
+    @staticmethod
+    def _read_only(subject: str | None) -> OperationNotPermitted:
+        if subject is None:
+            return OperationNotPermitted("The registry is in read-only mode")
+        return OperationNotPermitted(f"Subject {subject} is in read-only mode")
+
+    def _parse(
+        self, schema: str, references: tuple[Reference, ...], normalize: bool = False
+    ) -> ParsedSchema:
         if not isinstance(schema, str) or not schema.strip():
             raise InvalidSchema("Invalid schema: the schema is empty")
-        return parse_avro(schema, self._referenced_texts(references, set()))
+        return parse_avro(schema, self._referenced_texts(references, set()), normalize)
 
     def _referenced_texts(
         self, references: Sequence[Reference], seen: set[tuple[str, int]]
@@ -449,29 +658,83 @@ class SchemaStore:
                 f"version={version}}}: schema ids {sorted(referrers)}"
             )
 
+    @staticmethod
+    def _versions_change(subject: str, versions: Sequence[SubjectVersion]) -> Change:
+        return {
+            "op": "versions",
+            "subject": subject,
+            "versions": [[v.version, v.schema_id, v.deleted] for v in versions],
+        }
+
+    def _forget_scope(self, subject: str) -> list[Change]:
+        """Records removing *subject*'s own config and mode (when it has them)."""
+        changes: list[Change] = []
+        if subject in self._configs:
+            changes.append({"op": "config", "subject": subject, "value": None})
+        if subject in self._modes:
+            changes.append({"op": "mode", "subject": subject, "value": None})
+        return changes
+
+    # -- persistence: a change is written, then applied ------------------------------------
+
+    def _commit(self, changes: list[Change]) -> None:
+        """Make *changes* durable (one log line), then apply them; on failure nothing changes."""
+        if self._data_dir is not None:
+            self._data_dir.append(changes)
+        for change in changes:
+            self._apply(change)
+        if self._data_dir is not None and self._data_dir.wants_compaction:
+            self._data_dir.compact(self._document())
+
+    def _apply(self, change: Change) -> None:
+        op = change["op"]
+        if op == "schema":
+            self._add_schema(
+                StoredSchema(
+                    id=int(change["id"]),
+                    guid=str(change["guid"]),
+                    schema_type=str(change["schema_type"]),
+                    text=str(change["schema"]),
+                    references=tuple(Reference.from_json(r) for r in change["references"]),
+                    identity=str(change["identity"]),
+                )
+            )
+        elif op == "next_id":
+            self._next_id = max(self._next_id, int(change["value"]))
+        elif op == "versions":
+            subject = str(change["subject"])
+            versions = [SubjectVersion(int(v), int(i), bool(d)) for v, i, d in change["versions"]]
+            if versions:
+                self._subjects[subject] = versions
+            else:
+                self._subjects.pop(subject, None)
+        elif op == "config":
+            scope, value = str(change["subject"]), change["value"]
+            if value is None:
+                self._configs.pop(scope, None)
+            else:
+                self._configs[scope] = Config.from_json(value)
+        elif op == "mode":
+            scope, value = str(change["subject"]), change["value"]
+            if value is None:
+                self._modes.pop(scope, None)
+            else:
+                self._modes[scope] = Mode(value)
+        else:
+            raise ValueError(f"unknown change {op!r}")
+
     def _add_schema(self, stored: StoredSchema) -> None:
         self._schemas[stored.id] = stored
-        self._by_identity[stored.identity] = stored.id
+        self._by_identity.setdefault(stored.identity, stored.id)
         self._by_guid[stored.guid] = stored.id
-
-    @contextmanager
-    def _changing(self) -> Iterator[None]:
-        """Apply a change in memory, then save it; if saving fails, undo it and re-raise."""
-        before = self._document()
-        try:
-            yield
-            if self._data_dir is not None:
-                self._data_dir.save(self._document())
-        except BaseException:
-            self._restore(before)
-            raise
+        self._next_id = max(self._next_id, stored.id + 1)
 
     def _document(self) -> dict[str, Any]:
         return {
             "format": DOCUMENT_FORMAT,
             "next_id": self._next_id,
-            "global_level": self._global_level.value,
-            "subject_levels": {s: level.value for s, level in self._subject_levels.items()},
+            "configs": {scope: config.to_json() for scope, config in self._configs.items()},
+            "modes": {scope: mode.value for scope, mode in self._modes.items()},
             "schemas": [
                 {
                     "id": s.id,
@@ -493,9 +756,11 @@ class SchemaStore:
         }
 
     def _restore(self, document: dict[str, Any]) -> None:
+        """Load a snapshot: format 2, or format 1 (levels only, written by earlier versions)."""
         try:
-            if document.get("format") != DOCUMENT_FORMAT:
-                raise ValueError(f"unknown format {document.get('format')!r}")
+            form = document.get("format")
+            if form not in (1, DOCUMENT_FORMAT):
+                raise ValueError(f"unknown format {form!r}")
             schemas = [
                 StoredSchema(
                     id=int(s["id"]),
@@ -514,18 +779,23 @@ class SchemaStore:
                 ]
                 for subject, versions in document["subjects"].items()
             }
-            global_level = CompatibilityLevel(document["global_level"])
-            subject_levels = {
-                str(s): CompatibilityLevel(level) for s, level in document["subject_levels"].items()
-            }
+            if form == 1:
+                configs = {GLOBAL: Config(CompatibilityLevel(document["global_level"]))}
+                configs.update(
+                    (str(s), Config(CompatibilityLevel(level)))
+                    for s, level in document["subject_levels"].items()
+                )
+                modes: dict[str, Mode] = {}
+            else:
+                configs = {str(k): Config.from_json(v) for k, v in document["configs"].items()}
+                modes = {str(k): Mode(v) for k, v in document["modes"].items()}
             next_id = int(document["next_id"])
         except (KeyError, TypeError, ValueError, InvalidSchema) as exc:
             where = self._data_dir.state_path if self._data_dir else "the registry document"
             raise StoreError(f"{where} cannot be loaded: {exc!r}") from exc
-        self._schemas, self._by_identity, self._by_guid, self._parsed = {}, {}, {}, {}
         for stored in schemas:
             self._add_schema(stored)
         self._subjects = subjects
-        self._global_level = global_level
-        self._subject_levels = subject_levels
-        self._next_id = max(next_id, max(self._schemas, default=0) + 1)
+        self._configs = configs
+        self._modes = modes
+        self._next_id = max(next_id, self._next_id)
