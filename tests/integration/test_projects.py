@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -301,7 +302,7 @@ def test_every_read_path_sees_one_project_and_each_is_exact(pipeline: Pipeline) 
 
     # Online now: each API its own project's figures, equal to the per-project views.
     for project, api in apis.items():
-        live, views = wait_for(lambda p=project, a=api: _live_and_views(pipeline, a, p), 30,
+        live, views = wait_for(partial(_live_and_views, pipeline, api, project), 30,
                                f"{project}: live figures within a minute")
         assert live["top_events"] == views["top_events"], project
         assert live["events_this_minute"] == views["events_this_minute"], project
