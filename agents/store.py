@@ -167,6 +167,11 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
     lock = asyncio.Lock()  # the aggregator: applies and flush snapshots never interleave
     held: list[tuple[list[faust.EventT], Receipt]] = []
     begun: set[int] = set()
+    # Bumped when a partition is revoked, before anything awaits: a batch compares the epochs
+    # it began with, and applies nothing of a partition taken away meanwhile (even if it was
+    # assigned back): the next owner restores that partition from the tables, and a stale
+    # apply here would flush a state with later offsets over a gap.
+    epochs: dict[int, int] = {}
     stream_ref: list[faust.StreamT] = []
     last_evict = [time.monotonic()]
 
@@ -174,23 +179,32 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
         return await deps.stages.retry(what, action, deps.retry_initial_s, deps.retry_max_s)
 
     async def begin(partition: int) -> None:
-        """Restore the partition's dedup and rollup states before its first message."""
+        """Restore the partition's dedup and rollup states before its first message (nothing,
+        if the partition is revoked while they are read)."""
+        epoch = epochs.get(partition, 0)
         ids, positions = await retry("dedup_restore", lambda: deps.first_copies.read(partition))
-        dedup.restore(partition, ids, positions, int(deps.clock() * 1000))
         loaded = 0
         rollups = deps.rollups
+        bounds, states = None, []
         if agg is not None and rollups is not None:
             bounds, states = await retry("rollup_restore", lambda: rollups.recent(partition))
+        if epochs.get(partition, 0) != epoch:
+            return
+        dedup.restore(partition, ids, positions, int(deps.clock() * 1000))
+        if agg is not None and rollups is not None:
             async with lock:
                 loaded = agg.restore(partition, states, bounds)
         begun.add(partition)
         log.info("store_partition_restored", partition=partition, first_copies=len(ids),
                  rollup_states=loaded)
 
-    async def apply(block: pa.Table, partition: int, offset: int, kept: np.ndarray) -> None:
+    async def apply(block: pa.Table, partition: int, offset: int, kept: np.ndarray,
+                    epoch: int) -> None:
         rollups = deps.rollups
         assert agg is not None and rollups is not None
         while True:
+            if epochs.get(partition, 0) != epoch:
+                return  # revoked while this batch was in flight
             try:
                 async with lock:
                     result = agg.apply(block, partition, offset, kept)
@@ -200,6 +214,8 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             except MissingStates as missing:
                 keys = missing.keys
             found = await retry("rollup_load", lambda: rollups.load(keys))
+            if epochs.get(partition, 0) != epoch:
+                return
             async with lock:
                 for key in keys:
                     agg.load_stored(key, found.get(key))
@@ -207,14 +223,23 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
 
     async def store(taken: Sequence[faust.EventT]) -> None:
         events, receipt = offsets.admit("store", taken)
+        began = {p: epochs.get(p, 0) for p in {e.message.partition for e in events}}
+
+        def current(partition: int) -> bool:
+            return epochs.get(partition, 0) == began[partition]
+
         bad: list[Invalid] = []
         inserts: list[pa.Table] = []
-        applies: list[tuple[pa.Table, int, int, np.ndarray]] = []
+        applies: list[tuple[pa.Table, int, int, np.ndarray, int]] = []
         now_ms = int(deps.clock() * 1000)
         for event in events:
             msg = event.message
+            if not current(msg.partition):
+                continue  # revoked: its events are the next owner's
             if msg.partition not in begun:
                 await begin(msg.partition)
+                if not current(msg.partition):
+                    continue
             meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
             try:
                 block = decode_block(msg.value or b"")
@@ -255,7 +280,7 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
                 inserts.append(rows)
             if agg is not None and len(kept):
                 applies.append((block.take(pa.array(kept)) if len(kept) < n else block,
-                                msg.partition, msg.offset, kept))
+                                msg.partition, msg.offset, kept, began[msg.partition]))
         if bad:
             await deps.dead_letter(bad)
         if inserts:
@@ -308,6 +333,8 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         mine = {tp for tp in revoked if tp.topic == deps.clean_topic}
+        for tp in mine:  # first, before anything awaits: batches in flight stop applying
+            epochs[tp.partition] = epochs.get(tp.partition, 0) + 1
         async with lock:
             for tp in mine:
                 dedup.drop_partition(tp.partition)
