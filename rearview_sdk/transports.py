@@ -16,6 +16,10 @@ must not share with its parent (connections, channels, producers); they are made
 
 from __future__ import annotations
 
+# getaddrinfo encodes the host name with the idna codec, which Python imports on first use. A
+# first connection made while the interpreter exits (the atexit flush of a forked child that
+# had not sent yet) can no longer import it: "LookupError: unknown encoding: idna".
+import encodings.idna  # noqa: F401
 import gzip
 import http.client
 import re

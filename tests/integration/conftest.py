@@ -29,7 +29,10 @@ from tables.rollup_tables import ensure_tables
 HOST = "127.0.0.1"
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 60, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 60, what: str = "condition",
+             describe: Callable[[], str] | None = None) -> Any:
+    """Poll *predicate* until it is truthy; on timeout, fail with *describe()* (what was seen)
+    or the predicate's last value."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -37,7 +40,8 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 60, what: str = "c
         if last:
             return last
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+    seen = describe() if describe is not None else repr(last)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {seen})")
 
 
 @dataclass
@@ -181,7 +185,10 @@ class Pipeline:
 def make_pipeline(services: Services, tmp_path: Path, **sections: Any) -> Pipeline:
     """A new isolated pipeline: its own topics, database (migrated) and consumer group.
 
-    *sections* change settings sections, e.g. ``aggregate={"rollups": [...]}``."""
+    *sections* change settings sections, e.g. ``aggregate={"rollups": [...]}``. API keys are
+    off unless a test asks for them (``auth={"required": True}``): the tests of keys are in
+    test_auth.py, the others speak for the configured project without one."""
+    sections.setdefault("auth", {"required": False})
     n = next(_ids)
     tag = f"t{n}_{uuid.uuid4().hex[:6]}"
     s = services.settings

@@ -35,8 +35,10 @@ def _stored_ids(pipeline: Pipeline) -> list[str]:
 
 
 def _exactly_once(pipeline: Pipeline, ids: list[str], timeout_s: float = 120) -> None:
-    wait_for(lambda: len(set(_stored_ids(pipeline)) & set(ids)) == len(ids), timeout_s,
-             f"{len(ids)} events in ClickHouse")
+    wanted = set(ids)
+    wait_for(lambda: len(set(_stored_ids(pipeline)) & wanted) == len(ids), timeout_s,
+             f"{len(ids)} events in ClickHouse",
+             describe=lambda: f"{len(set(_stored_ids(pipeline)) & wanted)} stored")
     time.sleep(1.5)  # a late duplicate would show up now
     stored = _stored_ids(pipeline)
     assert len(stored) == len(set(stored)) == len(ids) and set(stored) == set(ids)
@@ -92,8 +94,10 @@ def test_a_full_queue_drops_and_counts(pipeline: Pipeline) -> None:
 
 
 FORK_SCRIPT = textwrap.dedent("""
-    import json, os, sys
+    import json, logging, os, sys
     from rearview_sdk import Client
+
+    logging.basicConfig()  # a failure in the sender shows with its traceback
 
     client = Client(sys.argv[1], max_queue_size=1000, flush_interval_s=0.2)
     parent = [client.track("before_fork", "p") for _ in range(150)]
@@ -117,6 +121,7 @@ def test_a_forked_child_keeps_sending_and_exit_flushes(pipeline: Pipeline, tmp_p
     done = subprocess.run([sys.executable, str(script), api], capture_output=True, text=True,
                           timeout=60, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, check=False)
     assert done.returncode == 0, done.stderr
+    assert "not delivered" not in done.stderr, done.stderr
     parts = [json.loads(line) for line in done.stdout.splitlines()]
     child = next(p["child"] for p in parts if "child" in p)
     parent = next(p["parent"] for p in parts if "parent" in p)
