@@ -26,6 +26,7 @@ H_EVENT_INDEX = "rv.event_index"
 H_SCHEMA_ID = "rv.schema_id"
 H_FIRST_FAILED_AT = "rv.first_failed_at"
 H_ATTEMPT = "rv.attempt"
+H_PROJECT = "rv.project_id"
 
 MAX_REASON_BYTES = 1024
 
@@ -57,6 +58,8 @@ def headers(invalid: Invalid, failed_at_ms: int) -> list[tuple[str, bytes]]:
         out.append((H_EVENT_INDEX, str(invalid.index).encode()))
     if invalid.schema_id is not None:
         out.append((H_SCHEMA_ID, str(invalid.schema_id).encode()))
+    if invalid.project_id is not None:
+        out.append((H_PROJECT, invalid.project_id.encode()))
     return out
 
 
@@ -214,6 +217,7 @@ def letter_row(
     return {
         "dlq_partition": partition,
         "dlq_offset": offset,
+        "project_id": headers.get(H_PROJECT, ""),
         "source_topic": headers.get(H_SOURCE_TOPIC, ""),
         "source_partition": number(H_SOURCE_PARTITION),
         "source_offset": number(H_SOURCE_OFFSET),

@@ -80,6 +80,9 @@ class Invalid:
     # A redriven letter that fails again keeps its first failure time and counts attempts.
     attempt: int = 1
     first_failed_at_ms: int | None = None
+    # The event's project, when the event could be read and names a well-formed one: the
+    # letter is listed to that project's keys only (None: to operators only).
+    project_id: str | None = None
 
 
 @dataclass(slots=True)

@@ -212,10 +212,20 @@ class Validator:
             except _Reject as rej:
                 result.invalid.append(
                     Invalid(
-                        "validate", rej.error_class, rej.reason, meta, raw, key, index, schema_id
+                        "validate", rej.error_class, rej.reason, meta, raw, key, index, schema_id,
+                        project_id=self._project_of(record),
                     )
                 )
         return result
+
+    def _project_of(self, record: Any) -> str | None:
+        """The project a rejected record names, if it is well formed (for its dead letter)."""
+        project_id = record.get("project_id") if isinstance(record, dict) else None
+        if not isinstance(project_id, str) or not project_id:
+            return "default" if isinstance(record, dict) else None
+        if len(project_id) > self.rules.max_project_id_length or not self._project_re.match(project_id):
+            return None
+        return project_id
 
     def check(self, record: dict[str, Any], now_ms: int) -> str | None:
         """Why *record* (an Event record) would be dead-lettered, or None: the collector asks

@@ -13,6 +13,13 @@
     GET  /metrics             Prometheus counters (accepted events, responses by status)
     GET  /, /explore, ...     the dashboard and GET /v1/pipeline (app/dashboard)
 
+Keys (app/auth.py): the collector takes a write key (`Authorization: Bearer`, or a `key` field
+in the JSON body for browsers' beacons, which cannot set headers); every other /v1/ endpoint a
+read (or admin) key, and answers for that key's project only. 401 without a valid key, 403 for
+a key of the wrong kind, 429 with Retry-After over a key's rate. /health, /metrics (for the
+operator's scraper), /openapi.json and the dashboard's pages and scripts need no key: the pages
+ask for one and send it with every data request.
+
 Malformed requests get a 4xx with {"error": "..."} naming the problem; a Kafka or ClickHouse
 outage gets 503 (retry later), never a 500 that blames the client. A 4xx is logged as one
 `request_refused` line at info (status, path, error class), never with a traceback.
@@ -38,6 +45,16 @@ from agents.codec import BatchWriter
 from agents.schema_registry import register
 from agents.validate import Validator
 from app import clickhouse, query
+from app.auth import (
+    PRINCIPAL,
+    Keyring,
+    KeyStore,
+    KeysUnavailable,
+    Principal,
+    RateLimiter,
+    bearer,
+    retry_after,
+)
 from app.collector.normalize import BadEvent, parse_body, to_event, to_events
 from app.collector.producer import BatchingProducer
 from app.dashboard import add_routes as add_dashboard_routes
@@ -136,6 +153,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 _refused(exc.status, exc, request.path)
             return _error(exc.status, exc.reason)
         raise
+    except Unauthorized as exc:
+        _refused(exc.status, exc, request.path)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.status == 429:
+            headers["Retry-After"] = retry_after(exc.wait_s)
+        return web.Response(body=orjson.dumps({"error": str(exc)}), status=exc.status,
+                            content_type="application/json", headers=headers)
     except BadQuery as exc:
         _refused(400, exc, request.path)
         return _json({"error": str(exc), "field": exc.field}, 400)
@@ -156,15 +180,87 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, str(exc))
 
 
+KEYRING = web.AppKey("keyring", Keyring)
+WRITE_LIMIT = web.AppKey("write_limit", RateLimiter)
+READ_LIMIT = web.AppKey("read_limit", RateLimiter)
+_WRITE_PATHS = frozenset(("/v1/track", "/v1/batch"))
+
+
+class Unauthorized(Exception):
+    """401 (no valid key), 403 (a key of the wrong kind) or 429 (over the key's rate)."""
+
+    def __init__(self, status: int, message: str, wait_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.wait_s = wait_s
+
+
+def principal_of(app: web.Application, key: str | None, needed: str) -> Principal:
+    """The principal of *key* for an operation of kind *needed*, or Unauthorized (also used
+    by the gRPC collector)."""
+    settings = app[SETTINGS]
+    if not settings.auth.required:
+        return Principal(settings.project_id, "admin", None)
+    try:
+        principal = app[KEYRING].check(key)
+    except KeysUnavailable as exc:
+        raise ServiceUnavailable(str(exc)) from None
+    if principal is None:
+        what = "a write key" if needed == "write" else "a read key"
+        how = ("Authorization: Bearer <key>, or a \"key\" field in the body" if needed == "write"
+               else "Authorization: Bearer <key>")
+        raise Unauthorized(401, f"{what} is required ({how}); this one is missing, unknown or revoked"
+                           if key else f"{what} is required ({how})")
+    if not principal.may(needed):  # type: ignore[arg-type]
+        raise Unauthorized(403, f"a {principal.kind} key cannot {'send events' if needed == 'write' else 'read'}:"
+                                f" use a {needed} key of project {principal.project_id!r}")
+    return principal
+
+
+def charge(app: web.Application, principal: Principal, cost: float = 1.0) -> None:
+    """Take *cost* from the key's rate (events for a write key, else requests): Unauthorized
+    429 when over it."""
+    if principal.key_id is None:
+        return
+    limiter = app[WRITE_LIMIT if principal.kind == "write" else READ_LIMIT]
+    wait_s = limiter.take(principal.key_id, cost)
+    if wait_s > 0:
+        raise Unauthorized(429, f"key {principal.key_id} is over its rate of {limiter.rate:g}"
+                                f" {'events' if principal.kind == 'write' else 'requests'} a second", wait_s)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read endpoints need a read key; the collector's write key may be in the body, so
+    `track` and `batch` check theirs (`_writer`)."""
+    path = request.path
+    if path.startswith("/v1/") and path not in _WRITE_PATHS:
+        principal = principal_of(request.app, bearer(request.headers.get("Authorization")), "read")
+        charge(request.app, principal)
+        request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+def _writer(request: web.Request, body: Any) -> Principal:
+    key = bearer(request.headers.get("Authorization"))
+    if key is None and isinstance(body, dict) and isinstance(body.get("key"), str):
+        key = body["key"]
+    return principal_of(request.app, key, "write")
+
+
+def _project(request: web.Request) -> str:
+    return request[PRINCIPAL].project_id
+
+
 async def _body(request: web.Request) -> Any:
     """The JSON body; integers of any size keep their digits (see normalize.parse_body)."""
     return parse_body(await request.read())
 
 
-def _event_kwargs(request: web.Request) -> dict[str, Any]:
+def _event_kwargs(request: web.Request, principal: Principal) -> dict[str, Any]:
     return {
         "received_at_ms": int(time.time() * 1000),
-        "project_id": request.app[SETTINGS].project_id,
+        "project_id": principal.project_id,
         "ip": request.remote,
         "user_agent": request.headers.get("User-Agent"),
     }
@@ -180,7 +276,10 @@ def _check(request: web.Request, events: list[dict[str, Any]], indexed: bool) ->
 
 
 async def track(request: web.Request) -> web.Response:
-    event = to_event(await _body(request), **_event_kwargs(request))
+    body = await _body(request)
+    principal = _writer(request, body)
+    charge(request.app, principal)
+    event = to_event(body, **_event_kwargs(request, principal))
     _check(request, [event], indexed=False)
     await request.app[PRODUCER].send([event])
     request.app[COUNTERS].accepted_events += 1
@@ -189,10 +288,12 @@ async def track(request: web.Request) -> web.Response:
 
 async def batch(request: web.Request) -> web.Response:
     body = await _body(request)
-    events = to_events(body, **_event_kwargs(request))
+    principal = _writer(request, body)
+    events = to_events(body, **_event_kwargs(request, principal))
     limit = request.app[SETTINGS].api.max_batch_events
     if len(events) > limit:
         raise BadEvent(f"a batch holds at most {limit} events, this one {len(events)}")
+    charge(request.app, principal, len(events))
     _check(request, events, indexed=True)
     await request.app[PRODUCER].send(events)
     request.app[COUNTERS].accepted_events += len(events)
@@ -202,7 +303,7 @@ async def batch(request: web.Request) -> web.Response:
 async def events_count(request: web.Request) -> web.Response:
     q = request.query
     req = CountRequest(
-        project_id=request.app[SETTINGS].project_id,
+        project_id=_project(request),
         event_name=q.get("event_name") or None,
         start=parse_time("from", q.get("from")),
         end=parse_time("to", q.get("to")),
@@ -219,7 +320,7 @@ async def live_now(request: web.Request) -> web.Response:
     spec = live_rollup(request.app[SETTINGS].aggregate.rollups)
     lazy = request.app[CH_CLIENT]
     try:
-        result = await asyncio.to_thread(lambda: live(lazy.get(), spec, request.app[SETTINGS].project_id))
+        result = await asyncio.to_thread(lambda: live(lazy.get(), spec, _project(request)))
     except Exception as exc:
         raise ServiceUnavailable(f"ClickHouse query failed: {exc}") from exc
     return _json({"active_users": result.active_users, "events_this_minute": result.events_this_minute,
@@ -229,25 +330,30 @@ async def live_now(request: web.Request) -> web.Response:
 QUERY_CONFIG = web.AppKey("query_config", query.QueryConfig)
 
 
+def _config(request: web.Request) -> query.QueryConfig:
+    """The query configuration bound to the request's project."""
+    return request.app[QUERY_CONFIG].for_project(_project(request))
+
+
 async def run_query(request: web.Request) -> web.Response:
     body = await _body(request)
-    lazy, config = request.app[CH_CLIENT], request.app[QUERY_CONFIG]
+    lazy, config = request.app[CH_CLIENT], _config(request)
     return _json(await asyncio.to_thread(lambda: query.run(lazy.get(), body, config)))
 
 
 async def schema_events(request: web.Request) -> web.Response:
-    lazy, config = request.app[CH_CLIENT], request.app[QUERY_CONFIG]
+    lazy, config = request.app[CH_CLIENT], _config(request)
     return _json(await asyncio.to_thread(lambda: discovery.events(lazy.get(), config)))
 
 
 async def schema_properties(request: web.Request) -> web.Response:
-    lazy, config = request.app[CH_CLIENT], request.app[QUERY_CONFIG]
+    lazy, config = request.app[CH_CLIENT], _config(request)
     event = request.query.get("event") or None
     return _json(await asyncio.to_thread(lambda: discovery.properties(lazy.get(), config, event)))
 
 
 async def schema_values(request: web.Request) -> web.Response:
-    lazy, config = request.app[CH_CLIENT], request.app[QUERY_CONFIG]
+    lazy, config = request.app[CH_CLIENT], _config(request)
     q = request.query
     return _json(await asyncio.to_thread(lambda: discovery.values(
         lazy.get(), config, q.get("property"), q.get("event") or None, q.get("q") or "",
@@ -282,10 +388,24 @@ async def health(_request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
+KEY_REFRESH = web.AppKey("key_refresh", asyncio.Task)  # type: ignore[type-abstract]
+
+
+async def _refresh_keys(keyring: Keyring, every_s: float) -> None:
+    """Reload the keys every *every_s*: a key revoked anywhere is refused here within that."""
+    while True:
+        await asyncio.to_thread(keyring.refresh)
+        await asyncio.sleep(every_s)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.api.max_body_bytes,
-                          middlewares=[count_responses, errors])
+                          middlewares=[count_responses, errors, authenticate])
     app[SETTINGS] = settings
+    auth = settings.auth
+    app[KEYRING] = Keyring(lambda: KeyStore(app[CH_CLIENT].get()).list_keys())
+    app[WRITE_LIMIT] = RateLimiter(auth.write_events_per_s, auth.write_burst_events)
+    app[READ_LIMIT] = RateLimiter(auth.read_requests_per_s, auth.read_burst_requests)
     app[COUNTERS] = CollectorCounters()
     app[VALIDATOR] = Validator(settings.validation.rules())
     app[QUERY_CONFIG] = query.QueryConfig.from_settings(settings)
@@ -303,8 +423,16 @@ def create_app(settings: Settings) -> web.Application:
             max_events=settings.api.batch_max_events,
         )
         app[CH_CLIENT] = LazyClient(lambda: clickhouse.connect(settings.clickhouse))
+        if auth.required:
+            app[KEY_REFRESH] = asyncio.create_task(_refresh_keys(app[KEYRING], auth.refresh_s))
+        else:
+            log.warning("auth_disabled", project_id=settings.project_id,
+                        detail="RV_AUTH__REQUIRED=false: anyone who reaches this API writes and"
+                               " reads this project without a key; for local experiments only")
 
     async def shutdown(app: web.Application) -> None:
+        if KEY_REFRESH in app:
+            app[KEY_REFRESH].cancel()
         if PRODUCER in app:
             await app[PRODUCER].aclose()
         app[CH_CLIENT].close()

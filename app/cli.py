@@ -7,7 +7,7 @@ Errors are one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -142,14 +142,17 @@ def dlq() -> None:
 
 
 def _dlq_filters(reason: str | None, stage: str | None, error_class: str | None,
-                 since: str | None) -> Any:
+                 since: str | None, project: str | None = None) -> Any:
     from app.dlq import Filters
     from app.query import parse_time
 
-    return Filters(reason, stage, error_class, parse_time("--since", since))
+    return Filters(reason, stage, error_class, parse_time("--since", since),
+                   (project,) if project is not None else None)
 
 
 _filter_options = [
+    click.option("--project", default=None,
+                 help="Only this project's letters ('' for those whose project cannot be read)."),
     click.option("--reason", default=None, help="Only letters whose reason contains this text."),
     click.option("--stage", default=None, help="decode, validate or sink."),
     click.option("--error-class", default=None, help="e.g. FramingError, ResolutionError."),
@@ -166,15 +169,15 @@ def _with_filters(f: Any) -> Any:
 @dlq.command("stats")
 @_with_filters
 @click.pass_context
-def dlq_stats(ctx: click.Context, reason: str | None, stage: str | None, error_class: str | None,
-              since: str | None) -> None:
+def dlq_stats(ctx: click.Context, project: str | None, reason: str | None, stage: str | None,
+              error_class: str | None, since: str | None) -> None:
     """Dead letters by hour, stage and error class."""
     from app.clickhouse import connect
     from app.dlq import stats
 
     client = connect(_settings(ctx).clickhouse)
     try:
-        rows = stats(client, _dlq_filters(reason, stage, error_class, since))
+        rows = stats(client, _dlq_filters(reason, stage, error_class, since, project))
     finally:
         client.close()
     click.echo(f"{'hour':<17} {'stage':<9} {'error class':<20} {'letters':>8}  example reason")
@@ -187,15 +190,15 @@ def dlq_stats(ctx: click.Context, reason: str | None, stage: str | None, error_c
 @_with_filters
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.pass_context
-def dlq_list(ctx: click.Context, reason: str | None, stage: str | None, error_class: str | None,
-             since: str | None, limit: int) -> None:
+def dlq_list(ctx: click.Context, project: str | None, reason: str | None, stage: str | None,
+             error_class: str | None, since: str | None, limit: int) -> None:
     """Letters not redriven yet, oldest first (LETTER is PARTITION:OFFSET in the DLQ topic)."""
     from app.clickhouse import connect
     from app.dlq import pending
 
     client = connect(_settings(ctx).clickhouse)
     try:
-        rows = pending(client, _dlq_filters(reason, stage, error_class, since), limit)
+        rows = pending(client, _dlq_filters(reason, stage, error_class, since, project), limit)
     finally:
         client.close()
     for r in rows:
@@ -225,22 +228,52 @@ def dlq_show(ctx: click.Context, letter: str) -> None:
         click.echo(f"{key:>16}: {value}")
 
 
+def admin_projects(ctx: click.Context, key: str | None, project: str | None) -> tuple[str, ...] | None:
+    """The projects an operation may touch, from its admin *key*: the key's project and what
+    no project can be told for (''). None (everything, or *project* alone) when keys are off."""
+    s = _settings(ctx)
+    if not s.auth.required:
+        return (project,) if project is not None else None
+    from app.auth import Keyring
+
+    keyring = Keyring()
+    keyring.set(_key_store(ctx).list_keys())
+    principal = keyring.check(key)
+    if principal is None or principal.kind != "admin":
+        raise click.ClickException(
+            "an admin key is required (--key or RV_ADMIN_KEY; `rearview keys create --kind admin`)"
+            if principal is None else f"a {principal.kind} key cannot do this: use an admin key")
+    if project is not None and project not in (principal.project_id, ""):
+        raise click.ClickException(f"this admin key is project {principal.project_id!r}'s, not {project!r}'s")
+    return (project,) if project is not None else (principal.project_id, "")
+
+
+_admin_key = click.option("--key", envvar="RV_ADMIN_KEY", default=None,
+                          help="An admin key (env RV_ADMIN_KEY): the operation is limited to its project.")
+
+
 @dlq.command("redrive")
 @_with_filters
+@_admin_key
 @click.option("--dry-run", is_flag=True, help="Only say which letters would be sent.")
 @click.pass_context
-def dlq_redrive(ctx: click.Context, reason: str | None, stage: str | None, error_class: str | None,
-                since: str | None, dry_run: bool) -> None:
-    """Send matching letters back through validation (after a schema or rule fix), once each."""
+def dlq_redrive(ctx: click.Context, project: str | None, reason: str | None, stage: str | None,
+                error_class: str | None, since: str | None, key: str | None, dry_run: bool) -> None:
+    """Send matching letters back through validation (after a schema or rule fix), once each.
+    Needs an admin key: it redrives that project's letters (and those of no readable project)."""
+    from dataclasses import replace
+
     from rich.progress import Progress
 
     from app.clickhouse import connect
     from app.dlq import pending, redrive
 
     s = _settings(ctx)
+    allowed = admin_projects(ctx, key, project)
     client = connect(s.clickhouse)
     try:
-        letters = pending(client, _dlq_filters(reason, stage, error_class, since))
+        filters = replace(_dlq_filters(reason, stage, error_class, since), projects=allowed)
+        letters = pending(client, filters)
         if dry_run or not letters:
             click.echo(f"{len(letters)} letters would be redriven" if dry_run else "no letters to redrive")
             return
@@ -310,6 +343,95 @@ def _projects_stored(client: Any) -> list[str]:
     """Up to 6 of the projects with stored events (only whether there are several matters)."""
     rows = client.query("SELECT DISTINCT project_id FROM events LIMIT 6").result_rows
     return sorted(str(r[0]) for r in rows)
+
+
+# --- projects and keys -------------------------------------------------------------------------
+
+
+def _key_store(ctx: click.Context) -> Any:
+    from app.auth import KeyStore
+    from app.clickhouse import connect
+
+    s = _settings(ctx)
+    return KeyStore(connect(s.clickhouse), s.validation.project_id_pattern,
+                    s.validation.max_project_id_length)
+
+
+def _auth_call(action: Callable[[], Any]) -> Any:
+    from app.auth import AuthError
+
+    try:
+        return action()
+    except AuthError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.group()
+def projects() -> None:
+    """Projects: each event belongs to one, each key speaks for one."""
+
+
+@projects.command("create")
+@click.argument("project_id")
+@click.option("--name", default="", help="A human name [the id].")
+@click.pass_context
+def projects_create(ctx: click.Context, project_id: str, name: str) -> None:
+    """Create a project (then `rearview keys create --project PROJECT_ID`)."""
+    project = _auth_call(lambda: _key_store(ctx).create_project(project_id, name))
+    click.echo(f"created project {project.project_id} ({project.name})")
+
+
+@projects.command("list")
+@click.pass_context
+def projects_list(ctx: click.Context) -> None:
+    """Every project, with its number of active keys."""
+    store = _key_store(ctx)
+    active: dict[str, int] = {}
+    for key in store.list_keys():
+        active[key.project_id] = active.get(key.project_id, 0) + key.active
+    click.echo(f"{'project':<24} {'name':<28} {'active keys':>11}  created")
+    for p in store.projects():
+        click.echo(f"{p.project_id:<24} {p.name[:28]:<28} {active.get(p.project_id, 0):>11}"
+                   f"  {p.created_at:%Y-%m-%d %H:%M}")
+
+
+@cli.group()
+def keys() -> None:
+    """API keys: write (send events), read (queries, dashboard), admin (read + operations)."""
+
+
+@keys.command("create")
+@click.option("--project", required=True, help="The project the key speaks for.")
+@click.option("--kind", type=click.Choice(["write", "read", "admin"]), required=True)
+@click.option("--name", default="", help="What the key is for (shown in `keys list`).")
+@click.pass_context
+def keys_create(ctx: click.Context, project: str, kind: str, name: str) -> None:
+    """Create a key and print it: it is shown this once (only its hash is stored)."""
+    record, key = _auth_call(lambda: _key_store(ctx).create_key(project, kind, name))  # type: ignore[arg-type]
+    click.echo(key)
+    click.echo(f"{record.kind} key {record.key_id} of project {record.project_id}: store it now,"
+               " it cannot be shown again", err=True)
+
+
+@keys.command("list")
+@click.option("--project", default=None, help="Only this project's keys.")
+@click.pass_context
+def keys_list(ctx: click.Context, project: str | None) -> None:
+    """Keys by their public id (never the secret), kind and state."""
+    click.echo(f"{'key id':<14} {'project':<20} {'kind':<6} {'state':<8} {'created':<17} name")
+    for k in _key_store(ctx).list_keys(project):
+        state = "active" if k.active else "revoked"
+        click.echo(f"{k.key_id:<14} {k.project_id[:20]:<20} {k.kind:<6} {state:<8}"
+                   f" {k.created_at:%Y-%m-%d %H:%M} {k.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key (by its id or the whole key): every API refuses it within seconds."""
+    key = _auth_call(lambda: _key_store(ctx).revoke(key_id))
+    click.echo(f"revoked {key.kind} key {key.key_id} of project {key.project_id}")
 
 
 @cli.command()
@@ -412,9 +534,14 @@ def up(ctx: click.Context, host: str, port: int | None, data_dir: Path, demo: bo
               help="The collector over HTTP, or EventBatch messages straight to Kafka.")
 @click.option("--url", default=None, help="Collector URL [http://127.0.0.1:8000].")
 @click.option("--batch-size", type=int, default=500, show_default=True, help="Events per request or message.")
+@click.option("--key", envvar="RV_WRITE_KEY", default=None,
+              help="A write key for the collector (env RV_WRITE_KEY); its project gets the events.")
+@click.option("--project", default=None,
+              help="--target kafka: the project of the events [the project_id setting].")
 @click.pass_context
 def generate(ctx: click.Context, count: int, rate: float, users: int, seed: int | None,
-             target: str, url: str | None, batch_size: int) -> None:
+             target: str, url: str | None, batch_size: int, key: str | None,
+             project: str | None) -> None:
     """Send synthetic, realistic events (sessions, a signup funnel, countries, devices)."""
     import asyncio
 
@@ -434,12 +561,12 @@ def generate(ctx: click.Context, count: int, rate: float, users: int, seed: int 
 
         if target == "http":
             base = url or f"http://{s.api.host}:{s.api.port}"
-            sent = asyncio.run(send_http(base, events, count, rate, batch_size, advance))
+            sent = asyncio.run(send_http(base, events, count, rate, batch_size, advance, key))
         else:
             topic = s.kafka.topics.raw
             schema_id = register(s.registry.url, topic, schemas.EVENT_BATCH)
             sent = send_kafka(s.kafka.bootstrap_servers, topic, schema_id, events, count, rate,
-                              batch_size, advance)
+                              batch_size, advance, project or s.project_id)
     click.echo(f"sent {sent} events")
 
 

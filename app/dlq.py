@@ -44,10 +44,15 @@ class Filters:
     stage: str | None = None
     error_class: str | None = None
     since: datetime | None = None
+    # Only letters of these projects ('' is a letter whose project could not be read).
+    projects: tuple[str, ...] | None = None
 
     def where(self) -> tuple[str, dict[str, Any]]:
         # Fragments of a letter written in parts are not letters (agents/oversize.py).
-        clauses, params = [f"stage != '{oversize.PART_STAGE}'"], {}
+        clauses, params = [f"stage != '{oversize.PART_STAGE}'"], dict[str, Any]()
+        if self.projects is not None:
+            clauses.append("project_id IN {projects:Array(String)}")
+            params["projects"] = list(self.projects)
         if self.reason:
             clauses.append("positionCaseInsensitive(reason, {reason:String}) > 0")
             params["reason"] = self.reason

@@ -117,11 +117,14 @@ async def send_http(
     rate: float,
     batch_size: int,
     on_progress: Callable[[int], None] = lambda n: None,
+    key: str | None = None,
 ) -> int:
-    """POST batches to the collector's /v1/batch; returns events accepted. count 0: forever."""
+    """POST batches to the collector's /v1/batch with the write *key*; returns events
+    accepted. count 0: forever."""
     pacer = Pacer(rate)
     sent = 0
-    async with aiohttp.ClientSession(base_url=url.rstrip("/") + "/") as http:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession(base_url=url.rstrip("/") + "/", headers=headers) as http:
         while count == 0 or sent < count:
             n = batch_size if count == 0 else min(batch_size, count - sent)
             chunk = [next(events) for _ in range(n)]
@@ -143,8 +146,10 @@ def send_kafka(
     rate: float,
     batch_size: int,
     on_progress: Callable[[int], None] = lambda n: None,
+    project_id: str = "default",
 ) -> int:
-    """Produce EventBatch messages straight to Kafka (as a service would). count 0: forever."""
+    """Produce EventBatch messages of *project_id* straight to Kafka (as a service would: a
+    producer with Kafka access is trusted with its events' project). count 0: forever."""
     from confluent_kafka import Producer
 
     import schemas
@@ -167,7 +172,7 @@ def send_kafka(
         while count == 0 or sent < count:
             n = batch_size if count == 0 else min(batch_size, count - sent)
             now = int(time.time() * 1000)
-            batch = [to_event(next(events), received_at_ms=now) for _ in range(n)]
+            batch = [to_event(next(events), received_at_ms=now, project_id=project_id) for _ in range(n)]
             for value in writer.encode_chunks(batch, 900_000):
                 while True:
                     try:

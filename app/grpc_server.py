@@ -12,9 +12,10 @@ the good events are still accepted); Kafka unreachable is UNAVAILABLE, with noth
 accepted. Standard health checking (`grpc.health.v1.Health`) and server reflection are served
 beside it, so `grpcurl -plaintext 127.0.0.1:50051 list` works.
 
-The project of a call comes from `call_project`, never from the payload: today the API's
-``project_id`` setting, exactly what the HTTP collector uses; with write keys it becomes the
-project of the call's ``authorization: Bearer <key>`` metadata.
+The project of a call is the project of the write key in its ``authorization: Bearer <key>``
+metadata (`call_principal`), never a field of the payload. No valid key is UNAUTHENTICATED, a
+read or admin key PERMISSION_DENIED, a key over its rate RESOURCE_EXHAUSTED with a
+``retry-after`` (seconds) in the trailing metadata.
 
 Why no client-streaming call: its single answer comes when the stream ends, so a client cannot
 tell which of the events it streamed are safe in Kafka until then, and a broken stream leaves it
@@ -36,7 +37,8 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from app.api import COUNTERS, PRODUCER, SETTINGS, VALIDATOR
+from app.api import COUNTERS, PRODUCER, SETTINGS, VALIDATOR, Unauthorized, charge, principal_of
+from app.auth import Principal, bearer, retry_after
 from app.collector.normalize import BadEvent, to_event
 from app.settings import Settings
 from core.exceptions import ServiceUnavailable
@@ -51,17 +53,14 @@ GRPC_HEALTH = web.AppKey("grpc_health", health.aio.HealthServicer)
 STOP_GRACE_S = 5.0
 
 
-def call_project(settings: Settings, metadata: Mapping[str, str]) -> str:
-    """The project a call's events belong to.
-
-    Today every call writes to ``settings.project_id``, as the HTTP collector does. With write
-    keys this is the one place to change: look up ``metadata["authorization"]`` (``Bearer
-    <key>``) and raise `Unauthenticated` for a missing or revoked key."""
-    return settings.project_id
+def call_principal(app: web.Application, metadata: Mapping[str, str]) -> Principal:
+    """Who a call is from: the write key in its ``authorization: Bearer <key>`` metadata, or
+    Unauthorized (401, 403, 429), exactly as the HTTP collector decides."""
+    return principal_of(app, bearer(metadata.get("authorization")), "write")
 
 
-class Unauthenticated(Exception):
-    """No valid write key on the call (for `call_project` once keys exist)."""
+_AUTH_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
+               429: grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 # The proto's names for the fields a reason starts with (normalize says "event" for the name).
@@ -124,11 +123,23 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         self._settings = app[SETTINGS]
         self._validator = app[VALIDATOR]
 
-    def _kwargs(self, context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
+    async def _kwargs(self, context: grpc.aio.ServicerContext[Any, Any], events: int) -> dict[str, Any]:
+        """The collector's fields of the call's events; aborts the call without a valid write
+        key or over the key's rate (*events* is what the call would take of it)."""
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        try:
+            principal = call_principal(self._app, metadata)
+            charge(self._app, principal, events)
+        except Unauthorized as exc:
+            log.info("request_refused", status=_AUTH_CODES[exc.status].name, error="Unauthorized")
+            if exc.status == 429:
+                context.set_trailing_metadata((("retry-after", retry_after(exc.wait_s)),))
+            await context.abort(_AUTH_CODES[exc.status], str(exc))
+        except ServiceUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return {
             "received_at_ms": int(time.time() * 1000),
-            "project_id": call_project(self._settings, metadata),
+            "project_id": principal.project_id,
             "ip": _peer_ip(context.peer()),
             "user_agent": metadata.get("user-agent"),
         }
@@ -153,8 +164,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
 
     async def TrackEvent(self, request: analytics_pb2.Event,
                          context: grpc.aio.ServicerContext[Any, Any]) -> analytics_pb2.Ack:
+        kwargs = await self._kwargs(context, 1)
         try:
-            record = self._record(request, self._kwargs(context))
+            record = self._record(request, kwargs)
         except BadEvent as exc:
             log.info("request_refused", status="INVALID_ARGUMENT", error="BadEvent",
                      path="/AnalyticsService/TrackEvent")
@@ -171,7 +183,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         if len(events) > limit:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"a batch holds at most {limit} events, this one {len(events)}")
-        kwargs = self._kwargs(context)
+        kwargs = await self._kwargs(context, len(events))
         records: list[dict[str, Any]] = []
         rejections: list[analytics_pb2.Rejection] = []
         event_ids: list[str] = []

@@ -665,6 +665,31 @@ def service_paths() -> JSON:
     }
 
 
+def secured(paths: JSON) -> JSON:
+    """*paths* with every /v1/ operation requiring a key: the collector's a write key (or a
+    `key` field in the body), the others a read or admin key of one project (app/auth.py)."""
+    out: JSON = {}
+    for path, item in paths.items():
+        if not path.startswith("/v1/"):
+            out[path] = item
+            continue
+        kind = "write" if path in ("/v1/track", "/v1/batch") else "read"
+        ops: JSON = {}
+        for method, op in item.items():
+            responses = {
+                **op["responses"],
+                "401": error(f"No valid {kind} key: missing, unknown or revoked."),
+                "403": error(f"A key of another kind (this endpoint takes a {kind} key"
+                             f"{'' if kind == 'write' else ' or an admin key'})."),
+                "429": {**error("The key is over its rate; retry after `Retry-After` seconds."),
+                        "headers": {"Retry-After": {"schema": integer(1, None),
+                                                    "description": "Seconds to wait."}}},
+            }
+            ops[method] = {**op, "security": [{"key": []}], "responses": responses}
+        out[path] = ops
+    return out
+
+
 def _version() -> str:
     try:
         return version("rearview")
@@ -692,8 +717,14 @@ def document(settings: Settings | None = None) -> JSON:
             {"name": "query", "description": "Figures out."},
             {"name": "service", "description": "Health, metrics, this document, the dashboard."},
         ],
-        "paths": {**collector_paths(s), **query_paths(s), **service_paths()},
-        "components": {"schemas": {
+        "paths": secured({**collector_paths(s), **query_paths(s), **service_paths()})
+        if s.auth.required else {**collector_paths(s), **query_paths(s), **service_paths()},
+        "components": {
+            "securitySchemes": {"key": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API key of one project: `rearview keys create --project P"
+                               " --kind write|read|admin`. The answer covers that project only."}},
+            "schemas": {
             **service_schemas(),
             **collector_schemas(s),
             **query_field_schemas(s),

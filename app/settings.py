@@ -177,6 +177,18 @@ class QuerySettings(BaseModel):
     discovery_days: int = Field(default=30, ge=1)
 
 
+class AuthSettings(BaseModel):
+    """API keys (app/auth.py). `required=False` is for local experiments only: every request
+    then acts for `project_id`, and the API logs a warning at start."""
+
+    required: bool = True
+    refresh_s: float = Field(default=2.0, gt=0, le=4.0)  # a revoked key is refused within ~5 s
+    write_events_per_s: float = Field(default=50_000, ge=0)  # per write key and API process; 0: no limit
+    write_burst_events: float = Field(default=100_000, ge=1)
+    read_requests_per_s: float = Field(default=50, ge=0)  # per read or admin key and API process
+    read_burst_requests: float = Field(default=100, ge=1)
+
+
 class DashboardSettings(BaseModel):
     """The dashboard's pipeline-health panel (`GET /v1/pipeline`, app/dashboard)."""
 
@@ -210,6 +222,7 @@ class Settings(BaseSettings):
     pii: PiiSettings = PiiSettings()
     query: QuerySettings = QuerySettings()
     dashboard: DashboardSettings = DashboardSettings()
+    auth: AuthSettings = AuthSettings()
     log: LogSettings = LogSettings()
 
 

@@ -61,6 +61,7 @@ class Stack:
         )
         self.env = {**to_env(self.settings), "PYTHONUNBUFFERED": "1"}
         self.children: list[ChildProcess] = []
+        self.keys: dict[str, str] = {}  # the demo project's keys by kind (auth on)
         self._stop = threading.Event()
 
     @property
@@ -103,14 +104,17 @@ class Stack:
             raise click.ClickException(f"migrate failed; see {migrate.log_path}")
         migrate.stop()
         click.echo("  migrations applied")
+        if self.settings.auth.required:
+            self.keys = demo_keys(self.settings, self.data_dir / "demo_keys.json")
         self._start(self._child(
             "worker", "worker", "--host", h, "--port", str(self.worker_port),
             ready_url=f"http://{h}:{self.worker_port}/health"))
         self._start(self._child("api", "api", ready_url=f"{self.api_url}/health"))
         if demo_rate:
+            key = ("--key", self.keys["write"]) if self.keys else ()
             self._start(self._child(
                 "demo", "generate", "--count", "0", "--rate", str(demo_rate), "--batch-size", "50",
-                "--url", self.api_url, port=self.api_port))
+                "--url", self.api_url, *key, port=self.api_port))
 
     def stop(self) -> None:
         for child in reversed(self.children):
@@ -134,9 +138,19 @@ class Stack:
             starting = False
             grpc_line = (f"               gRPC {self.host}:{self.grpc_port} (AnalyticsService)\n"
                          if self.grpc_port else "")
+            if self.keys:
+                keys_text = (f"  project      {self.settings.project_id} (keys in {self.data_dir / 'demo_keys.json'})\n"
+                             f"  write key    {self.keys['write']}\n"
+                             f"  read key     {self.keys['read']}\n"
+                             f"  admin key    {self.keys['admin']}\n")
+                dashboard = f"{self.api_url}/#key={self.keys['read']}"
+            else:
+                keys_text = "  keys         off (RV_AUTH__REQUIRED=false): anyone reaching the API is trusted\n"
+                dashboard = f"{self.api_url}/"
             click.echo(
                 f"\nRearview is up.\n"
-                f"  dashboard    {self.api_url}/\n"
+                f"  dashboard    {dashboard}\n"
+                f"{keys_text}"
                 f"  collector    POST {self.api_url}/v1/track, {self.api_url}/v1/batch\n"
                 f"{grpc_line}"
                 f"  query        POST {self.api_url}/v1/query  (docs/query.md; {self.api_url}/openapi.json)\n"
@@ -164,3 +178,40 @@ class Stack:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             sys.stdout.flush()
+
+
+def demo_keys(settings: Settings, path: Path) -> dict[str, str]:
+    """The demo project's write, read and admin keys: made on the first start and kept in
+    *path* (readable by its owner only), made again if one was revoked since."""
+    import json
+    import os
+
+    from app.auth import Keyring, KeyStore
+    from app.clickhouse import connect
+
+    client = connect(settings.clickhouse)
+    try:
+        store = KeyStore(client, settings.validation.project_id_pattern,
+                         settings.validation.max_project_id_length)
+        store.ensure_project(settings.project_id, "Demo project")
+        keyring = Keyring()
+        keyring.set(store.list_keys(settings.project_id))
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        keys: dict[str, str] = {}
+        for kind in ("write", "read", "admin"):
+            old = saved.get(kind) if isinstance(saved, dict) else None
+            principal = keyring.check(old) if isinstance(old, str) else None
+            if isinstance(old, str) and principal is not None and principal.kind == kind:
+                keys[kind] = old
+            else:
+                keys[kind] = store.create_key(settings.project_id, kind, f"rearview up ({kind})")[1]  # type: ignore[arg-type]
+    finally:
+        client.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(keys, f, indent=2)
+    return keys

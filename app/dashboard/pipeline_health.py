@@ -45,6 +45,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from agents.oversize import PART_STAGE
 from app import clickhouse
+from app.auth import PRINCIPAL, Principal
 from app.settings import Settings
 from core.exceptions import RearviewError
 
@@ -150,16 +151,17 @@ async def scrape(session: aiohttp.ClientSession, url: str, timeout_s: float) -> 
     return worker_health(url, parse_metrics(text))
 
 
-def dead_letters(client: Client, minutes: int) -> dict[str, Any]:
+def dead_letters(client: Client, minutes: int, projects: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Letters per minute and error class over the last *minutes* (the current one included),
-    each minute present, from ClickHouse's clock."""
+    each minute present, from ClickHouse's clock; of *projects* only, unless None."""
     now_minute = int(client.query("SELECT toUnixTimestamp(toStartOfMinute(now()))").result_rows[0][0])
     first = now_minute - (minutes - 1) * 60
+    scope = " AND project_id IN {projects:Array(String)}" if projects is not None else ""
     rows = client.query(
         "SELECT toUnixTimestamp(toStartOfMinute(failed_at)) AS m, error_class, stage, count()"
-        " FROM dlq FINAL WHERE failed_at >= toDateTime({first:UInt32}) AND stage != {part:String}"
+        f" FROM dlq FINAL WHERE failed_at >= toDateTime({{first:UInt32}}) AND stage != {{part:String}}{scope}"
         " GROUP BY m, error_class, stage",
-        parameters={"first": first, "part": PART_STAGE},
+        parameters={"first": first, "part": PART_STAGE, "projects": list(projects or ())},
     ).result_rows
     starts = [first + 60 * i for i in range(minutes)]
     index = {m: i for i, m in enumerate(starts)}
@@ -267,10 +269,10 @@ class Sources:
 SOURCES = web.AppKey("pipeline_health_sources", Sources)
 
 
-async def _dead_letters(sources: Sources) -> dict[str, Any]:
+async def _dead_letters(sources: Sources, projects: tuple[str, ...] | None) -> dict[str, Any]:
     minutes = sources.settings.dashboard.dlq_minutes
     try:
-        return await asyncio.to_thread(lambda: dead_letters(sources.client(), minutes))
+        return await asyncio.to_thread(lambda: dead_letters(sources.client(), minutes, projects))
     except (ClickHouseError, OSError, RearviewError) as exc:  # unreachable, not migrated, bad URL
         log.warning("pipeline_health_dlq_failed", error=type(exc).__name__)
         return {"error": f"the dlq table could not be read: {str(exc)[:300]}", "minutes": [],
@@ -278,12 +280,21 @@ async def _dead_letters(sources: Sources) -> dict[str, Any]:
 
 
 async def pipeline(request: web.Request) -> web.Response:
+    """A read key sees its project's dead letters and no worker: the workers' figures (lag,
+    redactions, events validated) count every project's events. An admin key, an operator's,
+    sees them, with its project's dead letters and those no project can be told for (a message
+    that could not be decoded). Without keys, everything."""
     sources = request.app[SOURCES]
+    principal: Principal = request[PRINCIPAL]
+    operator = principal.kind == "admin"
     began = time.perf_counter()
     timeout = sources.settings.dashboard.scrape_timeout_s
-    urls = metrics_urls(sources.settings)
+    urls = metrics_urls(sources.settings) if operator else []
+    projects: tuple[str, ...] | None = (
+        None if principal.key_id is None
+        else (principal.project_id, "") if operator else (principal.project_id,))
     *workers, dlq = await asyncio.gather(*(scrape(sources.session(), u, timeout) for u in urls),
-                                         _dead_letters(sources))
+                                         _dead_letters(sources, projects))
     body = summary(list(workers), dlq)
     body["elapsed_ms"] = round((time.perf_counter() - began) * 1000, 1)
     return web.Response(body=orjson.dumps(body), content_type="application/json")

@@ -18,7 +18,7 @@ serves the UI's pickers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,12 @@ class QueryConfig:
     limits: Limits = field(default_factory=Limits)
     rollups: tuple[RollupSpec, ...] = ()
     discovery_days: int = 30
+
+    def for_project(self, project_id: str) -> QueryConfig:
+        """This configuration, answering for *project_id* only."""
+        if project_id == self.defaults.project_id:
+            return self
+        return replace(self, defaults=replace(self.defaults, project_id=project_id))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> QueryConfig:

@@ -58,23 +58,30 @@ def test_up_with_demo_traffic_serves_a_growing_count_and_sigterm_leaves_no_proce
         def url() -> str | None:
             for line in (tmp_path / "up.log").read_text().splitlines():
                 if line.strip().startswith("dashboard"):
-                    return line.split()[-1].rstrip("/")
+                    return line.split()[-1]
             assert proc.poll() is None, (tmp_path / "up.log").read_text()
             return None
 
-        api = wait_for(url, 180, "`rearview up` to print the dashboard URL")
+        # Keys are on: the dashboard's address carries the demo project's read key.
+        dashboard = wait_for(url, 180, "`rearview up` to print the dashboard URL")
+        api, _, read_key = dashboard.partition("/#key=")
+        printed = (tmp_path / "up.log").read_text()
+        assert read_key.startswith("rvr_") and f"read key     {read_key}" in printed
+        assert "write key    rvw_" in printed and "admin key    rva_" in printed
         page = httpx.get(f"{api}/")
         assert "text/html" in page.headers["content-type"] and "Online now" in page.text
+        assert httpx.get(f"{api}/v1/events/count", timeout=10).status_code == 401
+        headers = {"Authorization": f"Bearer {read_key}"}
 
         def count() -> int:
-            return int(httpx.get(f"{api}/v1/events/count", timeout=10).json()["count"])
+            return int(httpx.get(f"{api}/v1/events/count", headers=headers, timeout=10).json()["count"])
 
         first = wait_for(count, 60, "demo events in ClickHouse")
         wait_for(lambda: count() > first, 60, "the count to grow")
         # The live figures come from the rollups, flushed by the aggregate agent a moment
         # after the sink's inserts: they follow the count within a few seconds.
         def live() -> dict[str, Any] | None:
-            answer = httpx.get(f"{api}/v1/live", timeout=10).json()
+            answer = httpx.get(f"{api}/v1/live", headers=headers, timeout=10).json()
             return answer if answer["active_users"]["15m"] > 0 and answer["top_events"] else None
 
         wait_for(live, 60, "active users and top events in /v1/live")

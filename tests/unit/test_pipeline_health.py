@@ -3,10 +3,13 @@ and ClickHouse it observes are down (a 200 saying so, never a 500)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jsonschema
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from app.auth import PRINCIPAL, Principal
 from app.dashboard import pipeline_health
 from app.embedded.process import free_port
 from app.metrics import Metric, render
@@ -55,7 +58,13 @@ async def test_a_worker_and_clickhouse_that_do_not_answer_are_reported_not_a_500
         "dashboard": base.dashboard.model_copy(update={
             "worker_metrics_urls": [f"http://127.0.0.1:{closed}/metrics"], "scrape_timeout_s": 1.0}),
     })
-    app = web.Application()
+
+    @web.middleware
+    async def operator(request: web.Request, handler: Any) -> web.StreamResponse:
+        request[PRINCIPAL] = Principal(settings.project_id, "admin", None)  # keys off
+        return await handler(request)
+
+    app = web.Application(middlewares=[operator])
     pipeline_health.add_routes(app, settings)
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/v1/pipeline")

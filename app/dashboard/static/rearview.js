@@ -49,11 +49,68 @@ export class ApiError extends Error {
   }
 }
 
+// --- the key --------------------------------------------------------------------------------
+// A read key of one project, entered once and kept in this browser's localStorage; sent as
+// `Authorization: Bearer` with every API call. `rearview up` prints the dashboard's address
+// with `#key=...`: the key is taken from the fragment (never sent to a server), kept, and
+// removed from the address bar.
+
+const KEY_STORAGE = "rearview.key";
+
+function takeKeyFromAddress() {
+  const match = /(?:^#|&)key=([^&]+)/.exec(window.location.hash);
+  if (!match) return;
+  localStorage.setItem(KEY_STORAGE, decodeURIComponent(match[1]));
+  const rest = window.location.hash.replace(/(^#|&)key=[^&]+/, "$1").replace(/^#&?$/, "");
+  history.replaceState(null, "", window.location.pathname + window.location.search + rest);
+}
+
+export function apiKey() {
+  return localStorage.getItem(KEY_STORAGE) || "";
+}
+
+/** Show the key form; *message* says why (a refused key), empty when the user asked. */
+export function askForKey(message) {
+  const form = document.getElementById("key-form");
+  if (!form) return;
+  form.hidden = false;
+  document.getElementById("key-message").textContent = message || "";
+  const input = document.getElementById("key-input");
+  input.value = "";
+  input.focus();
+}
+
+function setUpKeyForm() {
+  takeKeyFromAddress();
+  const form = document.getElementById("key-form");
+  if (!form) return;
+  document.getElementById("key-button").addEventListener("click", () => {
+    if (form.hidden) askForKey(""); else form.hidden = true;
+  });
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = document.getElementById("key-input").value.trim();
+    if (!key) return;
+    localStorage.setItem(KEY_STORAGE, key);
+    window.location.reload();
+  });
+  document.getElementById("key-forget").addEventListener("click", () => {
+    localStorage.removeItem(KEY_STORAGE);
+    askForKey("The key is forgotten: enter one to see data.");
+  });
+}
+
+setUpKeyForm();
+
 export async function api(path, body) {
   let response;
+  const headers = {};
+  const key = apiKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   try {
-    response = await fetch(path, body === undefined ? {} : {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    response = await fetch(path, body === undefined ? { headers } : {
+      method: "POST", headers, body: JSON.stringify(body),
     });
   } catch (e) {
     throw new ApiError(`The Rearview API cannot be reached (${e.message}).`, 0);
@@ -66,6 +123,9 @@ export async function api(path, body) {
   }
   if (!response.ok) {
     const message = (data && data.error) || `${response.status} ${response.statusText}`;
+    if (response.status === 401 || response.status === 403) {
+      askForKey(key ? `This key was refused: ${message}` : "Enter a read key to see this project's data.");
+    }
     throw new ApiError(message, response.status, data && data.field);
   }
   return data;
