@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,13 @@ from app.embedded.process import (
     tcp_ready,
 )
 from app.generate import EventGenerator
-from app.settings import Settings, to_env
+from app.settings import AuthSettings, Settings, to_env
 from app.up import Stack
 from schemas import analytics_pb2
+
+# The API without keys for the throughput runs; `auth_check_us` below measures what a key
+# costs a request.
+KEYS_OFF = AuthSettings(required=False)
 
 HOST = "127.0.0.1"
 BATCH = 100
@@ -185,7 +190,7 @@ PATHS = ("http-json", "http-gzip", "grpc-batch", "http-track", "grpc-track")
 def part1(args: argparse.Namespace, tmp: Path) -> dict[str, list[tuple[float, float, float]]]:
     if not args.paths:
         return {}
-    base = Settings()
+    base = Settings(auth=KEYS_OFF)
     bport, rport, aport, gport = (free_port() for _ in range(4))
     settings = base.model_copy(update={
         "kafka": base.kafka.model_copy(update={"bootstrap_servers": f"{HOST}:{bport}"}),
@@ -249,7 +254,7 @@ def _profile(out: str | None, path: str, pid: int) -> subprocess.Popen[bytes] | 
 def part2(args: argparse.Namespace, tmp: Path) -> tuple[int, float, float, dict[str, float]] | None:
     if args.e2e_events <= 0:
         return None
-    stack = Stack(Settings(), HOST, tmp / "stack", free_ports=True)
+    stack = Stack(Settings(auth=KEYS_OFF), HOST, tmp / "stack", free_ports=True)
     try:
         stack.start()
         port, gport = free_port(), free_port()
@@ -280,6 +285,26 @@ def part2(args: argparse.Namespace, tmp: Path) -> tuple[int, float, float, dict[
         stack.stop()
 
 
+def auth_check_us(runs: int) -> float:
+    """Median over *runs* of the microseconds a request spends on its key: the Keyring's
+    constant-time check and the rate limiter's bucket, as the API does them (in process)."""
+    from app.auth import ApiKey, Keyring, RateLimiter, digest, new_key
+
+    keys = [new_key("write") for _ in range(1000)]
+    ring = Keyring()
+    ring.set([ApiKey(key_id, "p", "write", "", datetime.now(UTC), None, digest(key)) for key_id, key in keys])
+    limiter = RateLimiter(1e12, 1e12)
+    n, medians = 100_000, []
+    for _ in range(runs):
+        began = time.perf_counter()
+        for i in range(n):
+            principal = ring.check(keys[i % 1000][1])
+            assert principal is not None
+            limiter.take(principal.key_id or "", 100)
+        medians.append((time.perf_counter() - began) / n * 1e6)
+    return statistics.median(medians)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000, help="events per batched path and run")
@@ -305,6 +330,8 @@ def main() -> None:
         if rs:
             print(f"{path:<12}{statistics.median(r[0] for r in rs):>10,.0f}"
                   f"{statistics.median(r[1] for r in rs):>18,.0f}{statistics.median(r[2] for r in rs):>16.2f}")
+    print(f"\na key costs a request {auth_check_us(args.runs):.1f} µs (check + rate limit, median of"
+          f" {args.runs}); the runs above are without keys")
     if e2e:
         done, secs, total, cpu = e2e
         print(f"\nend to end, two API processes + one worker (grpc-batch): {done:,} events sent in"

@@ -69,6 +69,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     base = Settings()
     settings = base.model_copy(
         update={
+            # Keys off for the tests that are not about keys (test_auth.py turns them on).
+            "auth": base.auth.model_copy(update={"required": False}),
             "kafka": base.kafka.model_copy(update={"bootstrap_servers": f"{HOST}:{ports['broker']}"}),
             "registry": base.registry.model_copy(update={"url": f"http://{HOST}:{ports['registry']}"}),
             "clickhouse": base.clickhouse.model_copy(update={"url": f"http://{HOST}:{ports['clickhouse']}"}),
@@ -188,7 +190,6 @@ def make_pipeline(services: Services, tmp_path: Path, **sections: Any) -> Pipeli
     *sections* change settings sections, e.g. ``aggregate={"rollups": [...]}``. API keys are
     off unless a test asks for them (``auth={"required": True}``): the tests of keys are in
     test_auth.py, the others speak for the configured project without one."""
-    sections.setdefault("auth", {"required": False})
     n = next(_ids)
     tag = f"t{n}_{uuid.uuid4().hex[:6]}"
     s = services.settings
