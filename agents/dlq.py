@@ -58,7 +58,9 @@ def headers(invalid: Invalid, failed_at_ms: int) -> list[tuple[str, bytes]]:
         out.append((H_EVENT_INDEX, str(invalid.index).encode()))
     if invalid.schema_id is not None:
         out.append((H_SCHEMA_ID, str(invalid.schema_id).encode()))
-    if invalid.project_id is not None:
+    # A project id that a detector finds personal data in is the producer's mistake, not a
+    # project: such a letter stays unattributed rather than carry it.
+    if invalid.project_id is not None and redact_diagnostic(invalid.project_id) == invalid.project_id:
         out.append((H_PROJECT, invalid.project_id.encode()))
     return out
 

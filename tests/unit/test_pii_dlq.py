@@ -226,3 +226,15 @@ def test_the_leak_check_reads_a_written_number_but_not_neighbouring_json_fields(
     assert leaked(ssn, "note: 017-96-1012 (call back)")
     assert leaked(ssn, "id 0179 61012")
     assert not leaked(ssn, '{"n": 0,"timestamp":1796101265884}'), "a 0 and a timestamp are two numbers"
+
+
+def test_a_letter_names_its_project_unless_personal_data_is_in_the_project_id() -> None:
+    def project_of(project_id: str | None) -> str:
+        letter = Invalid("validate", "InvalidField", "timestamp is too old", META, b"raw",
+                         project_id=project_id)
+        return dlq.letter_row(0, 1, 0, b"raw", {k: v.decode() for k, v in dlq.headers(letter, 0)},
+                              "")["project_id"]  # type: ignore[return-value]
+
+    assert project_of("shop") == "shop"
+    assert project_of(None) == ""  # the event could not be read: no project's key sees it
+    assert project_of("LI3889110141114289341") == ""  # an IBAN is nobody's project id
