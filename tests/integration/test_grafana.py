@@ -620,6 +620,19 @@ def test_live_matches_the_query_api(seeded: Seeded) -> None:
         seeded, _panel("live", "Online now"))
     assert 0 < users_5m <= users_15m and this_minute >= 0 and users_1m <= users_5m
 
+    # Another project's events of this very minute are its own: the board shows one project.
+    now = datetime.now(UTC)
+    seeded.pipeline.ch.insert("events", [
+        [f"00000000-0000-4000-8000-0000000001{i:02d}", "shop", "shop_checkout", f"s{i}", now, now,
+         {}, 1, 0, 100 + i, 0] for i in range(3)
+    ], column_names=["event_id", "project_id", "event_name", "user_id", "ts", "received_at",
+                     "properties", "schema_id", "_partition", "_offset", "_index"])
+    _, _, default_rows = run_panel(seeded, q)
+    _, _, shop_rows = run_panel(seeded, q, {"project": "shop"})
+    assert "shop_checkout" not in dict(default_rows) and shop_rows == [("shop_checkout", 3)]
+    _, _, [shop_now] = run_panel(seeded, _panel("live", "Online now"), {"project": "shop"})
+    assert shop_now[2] == 3  # active users, 15 minutes
+
 
 def _exposition(url: str) -> dict[str, set[str]]:
     """Metric names of a /metrics page and the label names their samples carry."""
