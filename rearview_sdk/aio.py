@@ -36,15 +36,13 @@ from rearview_sdk.events import (
     make_event,
 )
 from rearview_sdk.transports import (
-    _INDEXED,
     Refused,
     Retryable,
     Sent,
-    _error_text,
     batch_ack,
     grpc_outcome,
     grpc_target,
-    retry_after,
+    refused_event,
     to_proto,
 )
 
@@ -89,18 +87,11 @@ class AsyncHttpTransport:
         positions, pending = list(range(len(batch))), list(batch)
         rejected: list[tuple[int, str]] = []
         while pending:
-            status, data, after = await self._post(pending)
-            if 200 <= status < 300:
+            refused = refused_event(*await self._post(pending), len(pending))
+            if refused is None:
                 return Sent(rejected)
-            error = _error_text(data) or f"HTTP {status}"
-            if status == 429 or status >= 500:
-                raise Retryable(f"HTTP {status}: {error}", retry_after(after))
-            indexed = _INDEXED.match(error) if status == 400 else None
-            if indexed is None or int(indexed.group(1)) >= len(pending):
-                raise Refused(f"HTTP {status}: {error}")
-            i = int(indexed.group(1))
-            rejected.append((positions.pop(i), error[indexed.end():]))
-            pending.pop(i)
+            rejected.append((positions.pop(refused[0]), refused[1]))
+            pending.pop(refused[0])
         return Sent(rejected)
 
     async def close(self) -> None:

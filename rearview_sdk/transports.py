@@ -125,18 +125,11 @@ class HttpTransport:
         pending = list(batch)
         rejected: list[tuple[int, str]] = []
         while pending:
-            status, data, after = self._post(pending)
-            if 200 <= status < 300:
+            refused = refused_event(*self._post(pending), len(pending))
+            if refused is None:
                 return Sent(rejected)
-            error = _error_text(data) or f"HTTP {status}"
-            if status == 429 or status >= 500:
-                raise Retryable(f"HTTP {status}: {error}", retry_after(after))
-            indexed = _INDEXED.match(error) if status == 400 else None
-            if indexed is None or int(indexed.group(1)) >= len(pending):
-                raise Refused(f"HTTP {status}: {error}")
-            i = int(indexed.group(1))
-            rejected.append((positions.pop(i), error[indexed.end():]))
-            pending.pop(i)
+            rejected.append((positions.pop(refused[0]), refused[1]))
+            pending.pop(refused[0])
         return Sent(rejected)
 
     def close(self) -> None:
@@ -146,6 +139,23 @@ class HttpTransport:
 
     def after_fork(self) -> None:
         self._conn = None  # the parent's socket: not closed here, the parent still uses it
+
+
+def refused_event(status: int, data: bytes, retry_after_header: str | None,
+                  sent: int) -> tuple[int, str] | None:
+    """What the collector's answer to a batch of *sent* events means, for both HTTP
+    transports: None when it was accepted; (index, reason) when a 400 names one event, which
+    is dropped and the rest sent again; raises Retryable (429, 5xx) or Refused (any other
+    4xx)."""
+    if 200 <= status < 300:
+        return None
+    error = _error_text(data) or f"HTTP {status}"
+    if status == 429 or status >= 500:
+        raise Retryable(f"HTTP {status}: {error}", retry_after(retry_after_header))
+    indexed = _INDEXED.match(error) if status == 400 else None
+    if indexed is None or int(indexed.group(1)) >= sent:
+        raise Refused(f"HTTP {status}: {error}")
+    return int(indexed.group(1)), error[indexed.end():]
 
 
 def _error_text(data: bytes) -> str:
