@@ -140,8 +140,9 @@ def test_an_interrupted_swap_finishes_when_run_again(pipeline: Pipeline) -> None
     generations.swap(ch, gen.number)
     assert pipeline.scalar("SELECT count() FROM events") == 5
     for live, table in gen.tables.items():
-        comments: dict[str, str] = dict(ch.query(  # type: ignore[arg-type]"SELECT name, comment FROM system.tables WHERE database = currentDatabase()"
-                                 " AND name IN {n:Array(String)}", parameters={"n": [live, table]}).result_rows)
+        rows = ch.query("SELECT name, comment FROM system.tables WHERE database = currentDatabase()"
+                        " AND name IN {n:Array(String)}", parameters={"n": [live, table]}).result_rows
+        comments = {str(name): str(comment) for name, comment in rows}
         assert comments[live] == f"rearview generation {gen.number}", live
         assert comments[table] == "", table
 
