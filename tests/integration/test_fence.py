@@ -54,7 +54,7 @@ def _rows(pipeline: Pipeline) -> tuple[int, int]:
 
 
 def _exact(pipeline: Pipeline, total: int) -> bool | _NotYet:
-    rows, ids = _rows(pipeline)
+    ids = _rows(pipeline)[1]
     if ids < total:
         return _NotYet(f"{ids} of {total} events stored")
     reports = verify(pipeline.ch, pipeline.settings.aggregate.rollups)
