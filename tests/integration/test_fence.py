@@ -42,8 +42,8 @@ def _send(pipeline: Pipeline, count: int, seed: int, rate: float = 0) -> int:
                       EventGenerator(users=500, seed=seed).events(), count, rate, 100)
 
 
-def _health(pipeline: Pipeline) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{pipeline.urls['worker']}/health", timeout=10).json()
+def _health(pipeline: Pipeline, worker: str = "worker") -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{pipeline.urls[worker]}/health", timeout=10).json()
     return body
 
 
@@ -63,8 +63,8 @@ def _exact(pipeline: Pipeline, total: int) -> bool | _NotYet:
     return _NotYet(", ".join(wrong)) if wrong else True
 
 
-def _validated(pipeline: Pipeline) -> int:
-    return int(_health(pipeline)["clean_events"])
+def _validated(pipeline: Pipeline, *workers: str) -> int:
+    return sum(int(_health(pipeline, w)["clean_events"]) for w in workers or ("worker",))
 
 
 def test_a_fence_pauses_the_live_store_until_it_is_released(pipeline: Pipeline) -> None:
@@ -113,6 +113,38 @@ def test_an_expired_fence_is_abandoned_and_the_store_resumes(pipeline: Pipeline)
     assert _health(pipeline)["replay_fences"]["abandoned"] == 1
     with pytest.raises(FenceLost, match="expired"):
         fence.renew(fence_id)
+
+
+def _owners(pipeline: Pipeline) -> int:
+    """Stores whose latest heartbeat announces partitions."""
+    return int(pipeline.scalar(
+        "SELECT count() FROM (SELECT worker, argMax(partitions, at) AS p FROM store_heartbeats"
+        " GROUP BY worker) WHERE notEmpty(p)"))
+
+
+def test_a_rebalance_during_a_fence_keeps_every_store_paused(pipeline: Pipeline) -> None:
+    """A second worker joins while the fence holds: partitions move, the newcomer pauses
+    before it begins any (and acknowledges them), nothing is stored until the release, then
+    everything is stored once."""
+    pipeline.start_worker("worker-a")
+    assert _send(pipeline, 1_000, seed=6) == 1_000
+    wait_for(lambda: _exact(pipeline, 1_000), 90, "the first events stored")
+    fence = Fence(pipeline.ch, "test")
+    fence_id = fence.request("test: rebalance", ttl_s=120)
+    fence.wait(fence_id, 30)
+    pipeline.start_worker("worker-b")
+    wait_for(lambda: _owners(pipeline) == 2, 60, "both workers owning partitions")
+    assert _send(pipeline, 3_000, seed=7) == 3_000
+    wait_for(lambda: _validated(pipeline, "worker-a", "worker-b") >= 4_000, 60, "the new events validated")
+    fence.wait(fence_id, 30)  # the newcomer's partitions are acknowledged too
+    assert fence.acknowledged(fence_id) >= fence.owned_partitions() == PARTITIONS
+    for _ in range(3):
+        assert _rows(pipeline) == (1_000, 1_000)
+        threading.Event().wait(0.5)
+    assert _health(pipeline, "worker-b")["replay_fences"]["paused_for"] == 1
+    fence.release(fence_id, rebegin=False)
+    wait_for(lambda: _exact(pipeline, 4_000), 90, "the events sent during the fence stored")
+    assert _rows(pipeline) == (4_000, 4_000)
 
 
 def test_wait_names_the_partitions_that_never_acknowledge(pipeline: Pipeline) -> None:
