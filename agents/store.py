@@ -22,7 +22,17 @@ A flush, every `flush_interval_s` on a timer (never only when the next event arr
 every changed partial into its rollup table, evicts idle closed windows every
 `evict_interval_s`, then reports the held batches done, so their offsets can be committed.
 One dedup verdict serves both the events table and the rollups: they cannot disagree about
-which copy of an event counts. ClickHouse unreachable is an outage (retried forever, nothing
+which copy of an event counts.
+
+The replay hand-over (tables/fence.py): the store announces the events.clean partitions it
+owns in a heartbeat and polls the replay fences on its flush timer. A fence pauses it: no batch
+is admitted, the last one is flushed and reported done, its partitions are acknowledged. A
+release with ``rebegin`` (after a generation swap) drops every partition's in-memory state and
+bumps its epoch, as a revoke does, so each begins again from the swapped tables; a fence that
+expires unreleased is abandoned and the store resumes as it was. After an ``events`` swap the
+dedup state holds the replayed rows at ``REPLAYED_OFFSET``, so a copy of a replayed event read
+from events.clean is a duplicate, and the store's own partials restore nothing of the
+replay-space ones (`recent_states` and `load_states` read its partition number only). ClickHouse unreachable is an outage (retried forever, nothing
 acked); an events.clean message that is not a clean block, or rows whose times no column can
 hold, are dead-lettered.
 """
