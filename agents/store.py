@@ -65,7 +65,7 @@ from agents.stages import StageWatch
 from tables import fence as fences
 from tables.aggregate import Aggregator, MissingStates
 from tables.columns import int64
-from tables.dedup import Deduper, ids_from_strings, pack_position
+from tables.dedup import REPLAYED_OFFSET, Deduper, ids_from_strings, pack_position
 from tables.state import StateKey
 
 log = structlog.get_logger(__name__)
@@ -104,15 +104,23 @@ class FirstCopies:
 
     async def read(self, partition: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids (n, 2) uint64, packed positions) of the partition's rows inserted within the
-        horizon (found through the ``_inserted_at`` minmax index)."""
+        horizon (found through the ``_inserted_at`` minmax index).
+
+        Rows a replay wrote (``REPLAYED_OFFSET``) were all inserted recently, whatever their
+        age: of those, only events whose time is within the horizon are read. A later copy of
+        an older one has an event time older than the horizon, so `store` looks it up in the
+        table instead (`lookup`); reading them all would hold the whole replayed history in
+        memory."""
         out: list[pa.Table] = []
 
         def query(client: Client) -> None:
             out.append(client.query_arrow(
                 f"SELECT toString(event_id) AS id, _clean_offset, _clean_index FROM `{self._table}`"
                 " WHERE _inserted_at >= now64(3) - toIntervalSecond({h:UInt32})"
-                " AND CRC32(toString(event_id)) % {n:UInt32} = {p:UInt32}",
-                parameters={"h": self._horizon_s, "n": self._partitions, "p": partition}))
+                " AND CRC32(toString(event_id)) % {n:UInt32} = {p:UInt32}"
+                " AND (_clean_offset != {replayed:UInt64} OR ts >= now64(3) - toIntervalSecond({h:UInt32}))",
+                parameters={"h": self._horizon_s, "n": self._partitions, "p": partition,
+                            "replayed": REPLAYED_OFFSET}))
 
         await self._calls.run("dedup restore", query)
         table = out[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -35,11 +36,13 @@ class _NotYet:
         return self.why
 
 
-def _send(pipeline: Pipeline, count: int, seed: int, rate: float = 0) -> int:
+def _send(pipeline: Pipeline, count: int, seed: int, rate: float = 0, at: float | None = None) -> int:
+    """*count* events of generator *seed*, timed now (or all at epoch seconds *at*: the same
+    seed and *at* give the same events again)."""
     s = pipeline.settings
     batch_id = register(s.registry.url, s.kafka.topics.raw, schemas.EVENT_BATCH)
-    return send_kafka(s.kafka.bootstrap_servers, s.kafka.topics.raw, batch_id,
-                      EventGenerator(users=500, seed=seed).events(), count, rate, 100)
+    events = EventGenerator(users=500, seed=seed).events(*(() if at is None else (lambda: at,)))
+    return send_kafka(s.kafka.bootstrap_servers, s.kafka.topics.raw, batch_id, events, count, rate, 100)
 
 
 def _health(pipeline: Pipeline, worker: str = "worker") -> dict[str, Any]:
@@ -177,10 +180,13 @@ def test_release_with_rebegin_makes_the_store_continue_from_the_swapped_tables(p
     replay space is swapped in under a fence while events keep coming. After the release the
     store begins again from it: its live partials start from nothing (a store that kept its
     memory would write its old counts beside the replayed ones), copies of replayed events are
-    duplicates, and the rollups equal the events."""
+    duplicates (found in memory for recent ones, in the table for events older than the dedup
+    horizon, which the store does not load), and the rollups equal the events."""
     pipeline.start_worker()
-    total = 12_000
-    sender = threading.Thread(target=_send, args=(pipeline, total, 5, 1_500))
+    old_at, historic = time.time() - 3 * 86_400, 300
+    assert _send(pipeline, historic, seed=8, at=old_at) == historic
+    total = 12_000 + historic
+    sender = threading.Thread(target=_send, args=(pipeline, total - historic, 5, 1_500))
     sender.start()
     try:
         wait_for(lambda: _rows(pipeline)[1] >= 3_000, 90, "events flowing")
@@ -200,11 +206,11 @@ def test_release_with_rebegin_makes_the_store_continue_from_the_swapped_tables(p
     finally:
         sender.join()
     # The same events again (same ids, new positions in events.clean): duplicates of replayed rows.
-    resent = _send(pipeline, 1_000, seed=5)
-    assert resent == 1_000
+    resent = _send(pipeline, 1_000, seed=5) + _send(pipeline, historic, seed=8, at=old_at)
     wait_for(lambda: _exact(pipeline, total), 120, "every event stored once, rollups exact")
     wait_for(lambda: _validated(pipeline) >= total + resent, 60, "the copies validated")
     wait_for(lambda: int(_health(pipeline)["dedup"]["duplicates_dropped"]) >= resent, 60, "the copies dropped")
+    assert _health(pipeline)["dedup"]["found_in_events_table"] == historic
     assert _rows(pipeline) == (total, total)
     assert _exact(pipeline, total)
     assert _health(pipeline)["replay_fences"]["rebegins"] == 1
