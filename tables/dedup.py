@@ -52,6 +52,13 @@ _STORED = np.uint64(1 << 63)
 _POSITION = np.uint64((1 << 63) - 1)
 _NONE = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 ENTRY_BYTES = 24
+# The events.clean offset of every row a replay writes into an events generation (with
+# ``_clean_index`` 0): no events.clean message ever has it (2^39 offsets is 17 years at a
+# million messages a second), so a live copy of a replayed event always finds its first copy
+# "at another position" and is a duplicate. 2^39 - 1 is the largest offset whose position
+# packs both here (INDEX_BITS: 59 bits, under the stored flag) and into a rollup version
+# (tables/rollup_tables.py, 24 index bits: 63 bits, a non-negative Int64 as well as a UInt64).
+REPLAYED_OFFSET = 2**39 - 1
 
 
 def event_partition(event_id: str, partitions: int) -> int:

@@ -30,6 +30,12 @@ MICROS = 1_000_000
 NO_POSITION = (-1, -1)
 NO_WATERMARK = -(2**63)
 
+# Partials a replay builds from the raw topic live in their own partition numbers: a raw
+# partition p is REPLAY_PARTITION_BASE + p. No live store ever owns such a number (events.clean
+# has far fewer partitions), so it never restores or overwrites them, and queries, which sum
+# every partition, count them like any other. The rollup tables' ``partition`` is UInt32.
+REPLAY_PARTITION_BASE = 1_000_000
+
 _FORMAT_VERSION = 1
 # version, flags, count, late, sum_errors, offset, index, watermark, number of sums
 _HEADER = struct.Struct("<BBqqqqqqH")
@@ -59,6 +65,18 @@ def _split_escaped(text: str) -> list[str]:
             current.append(ch)
     parts.append("".join(current))
     return parts
+
+
+def replay_partition(raw_partition: int) -> int:
+    """The partition number of the replay-space partials built from raw partition
+    *raw_partition* (see `REPLAY_PARTITION_BASE`)."""
+    if not 0 <= raw_partition < REPLAY_PARTITION_BASE:
+        raise ValueError(f"raw partition {raw_partition} out of range")
+    return REPLAY_PARTITION_BASE + raw_partition
+
+
+def is_replay_partition(partition: int) -> bool:
+    return partition >= REPLAY_PARTITION_BASE
 
 
 class StateKey(NamedTuple):
