@@ -31,7 +31,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 from clickhouse_connect.driver.client import Client
-from tables.fence import Fence
 
 from agents.archive import Archive, RawRecord
 from agents.codec import FramingError, split_frame
@@ -50,6 +49,7 @@ from app.settings import Settings
 from tables import generations
 from tables.aggregate import Aggregator
 from tables.dedup import INDEX_BITS, REPLAYED_OFFSET, Deduper
+from tables.fence import Fence
 from tables.state import replay_partition
 
 log = structlog.get_logger(__name__)
@@ -156,7 +156,6 @@ def _verified(rt: Runtime, job: Job, client: Client, tables: dict[str, str], spe
         job.status = "refused"
         job.error = "; ".join(diffs[:5]) + (f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else "")
         jobs.save(client, job)
-        generations.mark(client, job.generation, "failed", job.error[:500])
         log.error("replay_refused", job=job.job_id, differences=len(diffs), first=diffs[0])
         return False
     job.notes.append(f"verified{' (final)' if final else ''}: 0 differences")

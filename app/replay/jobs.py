@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -127,7 +128,7 @@ def save(client: Client, job: Job) -> None:
     )
 
 
-def _job(row: tuple[Any, ...]) -> Job:
+def _job(row: Sequence[Any]) -> Job:
     job_id, targets, generation, source, status, state_text, error, created, updated = row
     state = json.loads(state_text or "{}")
     return Job(

@@ -87,13 +87,13 @@ class KafkaSource:
                 for m in messages:
                     if m.error() is not None:
                         continue
-                    p, offset = m.partition(), m.offset()
+                    p, offset = int(m.partition() or 0), int(m.offset() or 0)
                     stop = stops.get(p)
                     if p in done or (stop is not None and offset >= stop):
                         continue
                     _kind, ts = m.timestamp()
                     by_partition.setdefault(p, []).append(
-                        RawRecord(p, offset, int(ts), m.key(), m.value(), tuple(m.headers() or ())))
+                        RawRecord(p, offset, int(ts), m.key(), m.value(), _headers(m.headers())))
                 for p, batch in by_partition.items():
                     yield batch
                     stop = stops.get(p)
@@ -104,6 +104,11 @@ class KafkaSource:
                     yield []
         finally:
             consumer.close()
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    items = raw.items() if isinstance(raw, dict) else (raw or ())
+    return tuple((str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in items)
 
 
 class ArchiveSource:

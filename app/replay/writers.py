@@ -178,7 +178,7 @@ class Letters:
         self.known += len(letters) - len(new)
         if not new:
             return
-        header_lists = [dlq.headers(inv, now_ms) for inv in new]
+        header_lists: list[Any] = [dlq.headers(inv, now_ms) for inv in new]
         positions = retrying("dead letter produce", lambda: self._produce(new, header_lists))
         rows = []
         for inv, headers, (partition, offset) in zip(new, header_lists, positions, strict=True):
@@ -208,7 +208,7 @@ class Letters:
         self._tables._run("dlq lookup", read)
         return found
 
-    def _produce(self, letters: Sequence[Invalid], header_lists: list[list[tuple[str, bytes]]]) -> list[tuple[int, int]]:
+    def _produce(self, letters: Sequence[Invalid], header_lists: list[Any]) -> list[tuple[int, int]]:
         out: list[tuple[int, int] | BaseException | None] = [None] * len(letters)
 
         def delivered(i: int) -> Callable[[Any, Any], None]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Self
 
 import pytest
 
@@ -61,7 +62,7 @@ class Traffic:
             tick += 1
             time.sleep(0.1)
 
-    def __enter__(self) -> Traffic:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -91,7 +92,8 @@ def test_a_rollup_added_after_three_days_is_backfilled_while_live_traffic_contin
         assert isinstance(plan, rp.Plan) and plan.estimated_events >= 3000
         job = rp.start(pipeline.settings, rp.Request(("rollup:by_country_1h",)))
         wait_for(lambda: traffic.sent >= 1200, 60, "live traffic after the swap")
-    assert isinstance(job, rp.Job) and job.status == "swapped", job.error
+    assert isinstance(job, rp.Job)
+    assert job.status == "swapped", job.error
     total = 3000 + traffic.sent
     wait_for(lambda: exact(pipeline, total), 120, f"{total} events and every rollup exact",
              describe=lambda: str([(r.rollup, r.verdict, r.rollup_events, r.raw_events) for r in
@@ -115,7 +117,8 @@ def test_a_changed_pii_policy_is_applied_to_every_stored_event_by_an_events_repl
 
     job = rp.start(pipeline.settings, rp.Request(("events",)))
 
-    assert isinstance(job, rp.Job) and job.status == "swapped", job.error
+    assert isinstance(job, rp.Job)
+    assert job.status == "swapped", job.error
     assert pipeline.scalar("SELECT count() FROM events") == 2000
     assert pipeline.scalar("SELECT uniqExact(event_id) FROM events") == 2000
     assert pipeline.scalar("SELECT countIf(properties['contact'] = '[phone]') FROM events") == 0
@@ -159,7 +162,8 @@ def test_queries_running_in_a_loop_across_the_swap_never_fail(pipeline: Pipeline
         stop.set()
         for t in threads:
             t.join(30)
-    assert isinstance(job, rp.Job) and job.status == "swapped", job.error
+    assert isinstance(job, rp.Job)
+    assert job.status == "swapped", job.error
     assert not errors, errors[:3]
     assert len(answers) > 20
     assert {n for n, _ in answers} == {3000}  # the old table or the new one, each whole
@@ -191,7 +195,7 @@ def test_a_replay_killed_halfway_resumes_from_its_commit_and_ends_exact(pipeline
     with pytest.raises(rp.ReplayError, match="resume"):
         rp.start(pipeline.settings, rp.Request(("events",)))
 
-    resumed = subprocess.run([sys.executable, "-m", "app.cli", "replay", "resume", job.job_id], env=env,
+    resumed = subprocess.run([sys.executable, "-m", "app.cli", "replay", "resume", job.job_id], env=env, check=False,
                              capture_output=True, text=True, timeout=300)
 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -200,6 +204,6 @@ def test_a_replay_killed_halfway_resumes_from_its_commit_and_ends_exact(pipeline
     assert pipeline.scalar("SELECT count() FROM events") == 8000
     assert pipeline.scalar("SELECT uniqExact(event_id) FROM events") == 8000
     assert overall(verify(pipeline.ch, pipeline.settings.aggregate.rollups)) == "exact"
-    status = subprocess.run([sys.executable, "-m", "app.cli", "replay", "status"], env=env,
+    status = subprocess.run([sys.executable, "-m", "app.cli", "replay", "status"], env=env, check=False,
                             capture_output=True, text=True, timeout=60)
     assert f"{job.job_id}: events, generation" in status.stdout and "swapped" in status.stdout
