@@ -128,7 +128,7 @@ def start(settings: Settings, request: Request, *, dry_run: bool = False, archiv
         plan = make_plan(settings, request, archive, client)
         if dry_run:
             return plan
-        if plan.targets == (EVENTS,) and any(p.start > 0 or p.stop is not None for p in plan.partitions):
+        if plan.targets == (EVENTS,) and (request.from_time or request.offsets):
             raise ReplayError("the events target rebuilds the whole table: a range (--from, --offsets)"
                               " would leave the events before it out of the new generation;"
                               " `--dry-run` shows what the range holds")

@@ -135,11 +135,12 @@ def run(rt: Runtime, job: Job) -> Job:
             runner: _EventsRun | _RollupsRun = _EventsRun(rt, job, client, tables, specs)
         else:
             runner = _RollupsRun(rt, job, client, tables, specs)
-        runner.pump()
-        ok = _verified(rt, job, client, gen.tables, specs, final=False)
-        if not ok:
-            return job
-        _hand_over(rt, job, client, runner, gen.tables, specs)
+        try:
+            runner.pump()
+            if _verified(rt, job, client, gen.tables, specs, final=False):
+                _hand_over(rt, job, client, runner, gen.tables, specs)
+        finally:
+            runner.close()
         return job
     finally:
         client.close()
@@ -266,6 +267,12 @@ class _EventsRun:
                 break
         cp.commit("caught_up")
 
+    def close(self) -> None:
+        self.letters.close()
+        self.tables.close()
+        self.loop.run_until_complete(self.schemas.close())
+        self.loop.close()
+
     def _process(self, batch: list[RawRecord]) -> None:
         now_ms = int(time.time() * 1000)
         ids = set()
@@ -328,6 +335,9 @@ class _RollupsRun:
             parameters={"r": REPLAYED_OFFSET}).result_rows
         for (p,) in rows:
             self.job.partitions.setdefault(f"replay:{int(p)}", PartitionProgress("events", 0, None, 0))
+
+    def close(self) -> None:
+        self.tables.close()
 
     def _read(self, key: str, committed: int, limit: int) -> pa.Table:
         space, p = key.split(":")

@@ -105,6 +105,7 @@ class EventsProcessor:
         new_mask: list[np.ndarray] = []
         applies: list[tuple[pa.Table, int, int, np.ndarray]] = []
         letters: list[Invalid] = []
+        spans: list[tuple[int, int, int, int, np.ndarray]] = []  # (first row, rows, state partition, offset, index)
         for record in batch:
             meta = SourceMeta(self.raw_topic, record.partition, record.offset, record.timestamp_ms)
             clean, invalid = validate_record(record.value, record.key, record.headers, meta,
@@ -128,17 +129,18 @@ class EventsProcessor:
             counts.duplicates += len(clean) - len(kept)
             if not len(kept):
                 continue
-            events = [clean[i] for i in kept.tolist()]
-            kept_events.extend(events)
+            spans.append((len(kept_events), len(kept), replay_partition(record.partition), record.offset,
+                          index[kept]))
+            kept_events.extend(clean[i] for i in kept.tolist())
             new_mask.append(~verdict.stored[kept])
-            applies.append((to_arrow(events), replay_partition(record.partition), record.offset,
-                            index[kept]))
         rows = None
         if kept_events:
+            # One Arrow table for the whole batch: the rollups apply a slice of it per message.
+            table = to_arrow(kept_events)
+            applies = [(table.slice(start, n), part, offset, idx) for start, n, part, offset, idx in spans]
             fresh = np.concatenate(new_mask)
             counts.rows = int(fresh.sum())
             if counts.rows:
-                table = to_arrow(kept_events)
                 if counts.rows < len(kept_events):
                     table = table.take(pa.array(np.flatnonzero(fresh)))
                 rows = with_clean_position(table)
