@@ -24,16 +24,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import schemas  # noqa: E402
-from agents.archive import Archive  # noqa: E402
-from agents.schema_registry import register  # noqa: E402
-from app import clickhouse  # noqa: E402
-from app import replay as rp  # noqa: E402
-from app.generate import EventGenerator, send_kafka  # noqa: E402
-from app.replay.sources import KafkaSource, topic_partitions  # noqa: E402
-from app.settings import AuthSettings, Settings  # noqa: E402
-from app.up import Stack  # noqa: E402
-from bench.e2e import cpu_seconds, wait_rows  # noqa: E402
+import schemas
+from agents.archive import Archive
+from agents.schema_registry import register
+from app import clickhouse
+from app import replay as rp
+from app.generate import EventGenerator, send_kafka
+from app.replay.sources import KafkaSource, topic_partitions
+from app.settings import AuthSettings, Settings
+from app.up import Stack
+from bench.e2e import cpu_seconds, wait_rows
 
 
 def archive_all(settings: Settings, archive: Archive, total_messages: int) -> None:
