@@ -30,7 +30,11 @@ hold, are dead-lettered.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,9 +52,11 @@ from agents.records import Invalid, SourceMeta
 from agents.rollup import RollupWriter
 from agents.sink import BlockWriter, ClickHouseCalls, decode_block
 from agents.stages import StageWatch
+from tables import fence as fences
 from tables.aggregate import Aggregator, MissingStates
 from tables.columns import int64
 from tables.dedup import Deduper, ids_from_strings, pack_position
+from tables.state import StateKey
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +78,9 @@ class StoreCounters:
     flushes: int = 0
     keys_written: int = 0
     last_flush_at: float = 0.0
+    fences_paused: int = 0  # fences this store paused, flushed and acknowledged for
+    fences_abandoned: int = 0  # of which expired before their release
+    rebegins: int = 0  # times every partition began again from the tables (after a swap)
 
 
 class FirstCopies:
@@ -127,6 +136,28 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class FenceLink:
+    """The store's side of the replay fence (tables/fence.py) over one ClickHouse client:
+    heartbeats of the partitions it owns, polls of the fences, acknowledgements."""
+
+    def __init__(self, calls: ClickHouseCalls, heartbeat_s: float = 2.0, worker: str | None = None) -> None:
+        self._calls = calls
+        self.heartbeat_s = heartbeat_s
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    async def poll(self) -> list[fences.FenceRow]:
+        out: list[list[fences.FenceRow]] = []
+        await self._calls.run("fence poll", lambda client: out.append(fences.poll(client)))
+        return out[0]
+
+    async def heartbeat(self, partitions: set[int]) -> None:
+        await self._calls.run("fence heartbeat", lambda client: fences.heartbeat(client, self.worker, partitions))
+
+    async def acknowledge(self, fence_id: str, partitions: set[int]) -> None:
+        await self._calls.run("fence acknowledge",
+                              lambda client: fences.acknowledge(client, fence_id, self.worker, partitions))
+
+
 @dataclass
 class StoreDeps:
     deduper: Deduper
@@ -145,6 +176,7 @@ class StoreDeps:
     counters: StoreCounters = field(default_factory=StoreCounters)
     stages: StageWatch = field(default_factory=StageWatch)
     clock: Callable[[], float] = time.time
+    fence: FenceLink | None = None  # None: no replay hand-over (nothing polls for fences)
 
 
 _CANONICAL_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -174,6 +206,19 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
     epochs: dict[int, int] = {}
     stream_ref: list[faust.StreamT] = []
     last_evict = [time.monotonic()]
+    flushing = asyncio.Lock()  # one flush at a time: each reports the batches its snapshot holds
+    # The replay fence (tables/fence.py). A batch holds `gate` from its admission to its last
+    # apply, so whoever holds it knows no batch is in flight; `resume` is clear while a fence
+    # pauses this store.
+    link = deps.fence
+    view = fences.StoreFenceView()
+    owned: set[int] = set()  # events.clean partitions assigned to this worker
+    announced: list[set[int] | None] = [None]  # the partitions of the last heartbeat
+    last_heartbeat = [0.0]
+    gate = asyncio.Lock()
+    resume = asyncio.Event()
+    resume.set()
+    syncing = asyncio.Lock()
 
     async def retry(what: str, action: Callable[[], Awaitable[Any]]) -> Any:
         return await deps.stages.retry(what, action, deps.retry_initial_s, deps.retry_max_s)
@@ -185,7 +230,8 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
         ids, positions = await retry("dedup_restore", lambda: deps.first_copies.read(partition))
         loaded = 0
         rollups = deps.rollups
-        bounds, states = None, []
+        bounds: dict[str, int] = {}
+        states: list[tuple[StateKey, bytes]] = []
         if agg is not None and rollups is not None:
             bounds, states = await retry("rollup_restore", lambda: rollups.recent(partition))
         if epochs.get(partition, 0) != epoch:
@@ -213,7 +259,7 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
                 return
             except MissingStates as missing:
                 keys = missing.keys
-            found = await retry("rollup_load", lambda: rollups.load(keys))
+            found = await retry("rollup_load", functools.partial(rollups.load, keys))
             if epochs.get(partition, 0) != epoch:
                 return
             async with lock:
@@ -264,7 +310,7 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             if len(old):
                 wanted = [id_strings[i] for i in old.tolist()]
                 lo, hi = int(ts[old].min()), int(ts[old].max())
-                stored = await retry("dedup_lookup", lambda: deps.first_copies.lookup(wanted, lo, hi))
+                stored = await retry("dedup_lookup", functools.partial(deps.first_copies.lookup, wanted, lo, hi))
                 for i in old.tolist():
                     if stored.get(id_strings[i], int(positions[i])) != int(positions[i]):
                         keep[i] = False
@@ -295,6 +341,10 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             held.append((list(taken), receipt))
 
     async def flush() -> None:
+        async with flushing:
+            await flush_once()
+
+    async def flush_once() -> None:
         rollups = deps.rollups
         assert agg is not None and rollups is not None
         async with lock:
@@ -317,24 +367,102 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             for taken, receipt in flushed:
                 await offsets.done(stream_ref[0], taken, receipt)
 
+    async def rebegin() -> None:
+        """Begin every partition again from the tables (after a generation swap): drop the
+        in-memory dedup and rollup states and bump the epochs, as a revoke does, with no batch
+        in flight; each partition begins again at its next batch."""
+        async with gate:
+            if agg is not None:
+                await flush()  # nothing, after a fence's pause flush
+            async with lock:
+                dropped = sorted(begun)
+                for partition in dropped:
+                    epochs[partition] = epochs.get(partition, 0) + 1
+                    dedup.drop_partition(partition)
+                    if agg is not None:
+                        agg.drop_partition(partition)
+                begun.clear()
+        counters.rebegins += 1
+        log.info("store_rebegin", partitions=dropped)
+
+    async def fence_sync(beginning: frozenset[int] = frozenset()) -> None:
+        """Heartbeat when due (at once for partitions about to begin that no heartbeat
+        announced), poll the fences, and act on them: abandon an expired one, begin again after
+        a release with rebegin, pause (flush, then acknowledge every owned partition) or resume."""
+        assert link is not None
+        async with syncing:
+            want = owned | beginning
+            if announced[0] != want or time.monotonic() - last_heartbeat[0] >= link.heartbeat_s:
+                await retry("fence_heartbeat", lambda: link.heartbeat(want))
+                announced[0], last_heartbeat[0] = want, time.monotonic()
+            decision = view.observe(await retry("fence_poll", link.poll))
+            for fence_id in decision.abandoned:
+                counters.fences_abandoned += 1
+                log.error("fence_abandoned", fence=fence_id,
+                          reason="the replay holding it stopped renewing it; resuming unchanged")
+            for fence_id in decision.released:
+                log.info("fence_released", fence=fence_id)
+            if decision.rebegin:
+                await rebegin()
+            if not decision.paused:
+                resume.set()
+                return
+            resume.clear()
+            if decision.newly_paused or view.to_acknowledge(owned):
+                async with gate:  # the batch in flight, if any, is applied: flush it too
+                    if agg is not None:
+                        await flush()
+                for fence_id in decision.newly_paused:
+                    counters.fences_paused += 1
+                    log.info("fence_paused", fence=fence_id, partitions=sorted(owned))
+                for fence_id, parts in view.to_acknowledge(owned).items():
+                    await retry("fence_acknowledge", functools.partial(link.acknowledge, fence_id, parts))
+                    view.acknowledged(fence_id, parts)
+
+    async def admit(taken: Sequence[faust.EventT]) -> None:
+        """Wait while a fence pauses this store. Before a partition begins that no heartbeat
+        announced, announce it and poll: a replay that did not see it owned when it waited
+        for acknowledgements wrote its fence before this poll, so the store pauses here."""
+        assert link is not None
+        fresh = frozenset(e.message.partition for e in taken) - begun
+        if not view.initialized or not fresh <= (announced[0] or set()):
+            await fence_sync(fresh)
+        await resume.wait()
+
     @app.agent(clean, name="store")
     async def store_agent(stream: faust.StreamT) -> None:
         stream_ref[:] = [stream]
-        async for taken in stream.noack_take(deps.take_max, within=deps.take_within_s):
-            await store(taken)
+        take = stream.noack_take  # type: ignore[attr-defined]  # Faust's stubs lack it
+        async for taken in take(deps.take_max, within=deps.take_within_s):
+            while True:
+                if link is not None:
+                    await admit(taken)
+                async with gate:
+                    if not resume.is_set():
+                        continue  # a fence came between the admission and the gate
+                    await store(taken)
+                    break
 
-    if agg is not None:
+    if agg is not None or link is not None:
         @app.timer(deps.flush_interval_s)
         async def flush_timer() -> None:
-            await flush()
+            if link is not None:
+                await fence_sync()
+            if agg is not None:
+                await flush()
 
         _ = flush_timer
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust's signal stubs
+    async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        owned.update(tp.partition for tp in assigned if tp.topic == deps.clean_topic)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust's signal stubs
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         mine = {tp for tp in revoked if tp.topic == deps.clean_topic}
         for tp in mine:  # first, before anything awaits: batches in flight stop applying
             epochs[tp.partition] = epochs.get(tp.partition, 0) + 1
+            owned.discard(tp.partition)
         async with lock:
             for tp in mine:
                 dedup.drop_partition(tp.partition)
@@ -345,4 +473,4 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             held[:] = [([e for e in taken if e.message.tp not in mine], receipt)
                        for taken, receipt in held]
 
-    _ = (store_agent, on_revoked)
+    _ = (store_agent, on_assigned, on_revoked)

@@ -102,6 +102,10 @@ class WorkerSettings(BaseModel):
     retry_max_s: float = 10.0
     # A stage retrying longer than this turns the worker's /health failing (503), naming it.
     stall_after_s: float = Field(default=30.0, gt=0)
+    # How often the store announces the events.clean partitions it owns to a replay's fence
+    # (tables/fence.py; a replay counts a store as gone after 10 s without one). The fences
+    # themselves are polled on the rollup flush timer.
+    fence_heartbeat_s: float = Field(default=2.0, gt=0)
 
 
 class ValidationSettings(BaseModel):

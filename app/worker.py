@@ -23,7 +23,7 @@ from agents.rollup import RollupWriter
 from agents.schema_registry import SchemaCache
 from agents.sink import ClickHouseCalls, EventsWriter, RowsWriter
 from agents.stages import StageWatch
-from agents.store import FirstCopies, StoreDeps
+from agents.store import FenceLink, FirstCopies, StoreDeps
 from agents.store import install as install_store
 from agents.validate import Validator
 from agents.worker import WorkerDeps, dead_letter, install, readers
@@ -85,6 +85,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         stages=stages,
         retry_initial_s=w.retry_initial_s,
         retry_max_s=w.retry_max_s,
+        fence=FenceLink(ClickHouseCalls(ch_client), w.fence_heartbeat_s),
     )
     install_store(app, store, offsets)
     offsets.install()
@@ -105,6 +106,8 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
                         "out_of_order_dropped": offsets.counters.out_of_order,
                         "redelivered_dropped": offsets.counters.redelivered},
             "consumer_lag": lag_by_topic(offsets.counters.lag),
+            "replay_fences": {"paused_for": st.fences_paused, "abandoned": st.fences_abandoned,
+                              "rebegins": st.rebegins},
         }
         if store.aggregator is not None:
             body["rollups"] = {"applied": st.applied, "skipped_redelivered": st.skipped,

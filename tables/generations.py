@@ -94,7 +94,9 @@ class Generation:
 
 
 def _now() -> datetime:
-    return datetime.now(tz=UTC)
+    """Now, to the millisecond the control table keeps."""
+    now = datetime.now(tz=UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def _specs_by_name(rollups: Sequence[RollupSpec]) -> dict[str, RollupSpec]:
@@ -315,7 +317,7 @@ def rollback(client: Client, number: int) -> None:
     _update(client, gen, state="retired", note=f"rolled back at {_now().isoformat()}")
     restored = set(_held_by(client, list(gen.tables)).values())
     for other in all_generations(client):
-        if other.number in restored and other.state == "retired":
+        if other.number in restored and other.state in ("retired", "dropped"):
             _update(client, other, state="live")
 
 
