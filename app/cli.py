@@ -293,6 +293,33 @@ def dlq_redrive(ctx: click.Context, project: str | None, reason: str | None, sta
         raise click.ClickException(f"{len(problems)} letters could not be redriven; they stay pending")
 
 
+@cli.group()
+def archive() -> None:
+    """The raw archive: every events.raw record as Parquet files (docs/archive.md)."""
+
+
+@archive.command("run")
+@click.option("--url", default=None, help="Archive folder or URL (file://, s3://) [archive.url].")
+@click.pass_context
+def archive_run(ctx: click.Context, url: str | None) -> None:
+    """Archive events.raw until stopped: a file per partition at the roll thresholds."""
+    from app.archive import run
+
+    run(_with(_settings(ctx), "archive", url=url))
+
+
+@archive.command("status")
+@click.option("--url", default=None, help="Archive folder or URL [archive.url].")
+@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.pass_context
+def archive_status(ctx: click.Context, url: str | None, output: str) -> None:
+    """Per partition: archived offsets, files, bytes, and lag behind the consumer groups."""
+    from app.archive import status
+
+    status(_with(_settings(ctx), "archive", url=url), output)
+
+
 @cli.command()
 @click.pass_context
 def topics(ctx: click.Context) -> None:

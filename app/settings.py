@@ -224,6 +224,28 @@ class ReplaySettings(BaseModel):
     hll_tolerance: float = Field(default=0.05, ge=0)
 
 
+class ArchiveSettings(BaseModel):
+    """The raw archive (agents/archive.py, docs/archive.md): every events.raw record as Parquet.
+
+    `rearview archive run` fills it; `rearview up` starts it when `enabled`. A file is rolled
+    per partition at `roll_records` records, `roll_bytes` bytes of records or `roll_interval_s`
+    after its first record, whichever comes first, so a quiet partition's tail is archived
+    within `roll_interval_s`; offsets are committed only after the file is written.
+    """
+
+    enabled: bool = True
+    # A local folder, a file:// URL, or any filesystem pyarrow opens from a URI (s3://bucket/path,
+    # gs://, hdfs://). `rearview up` puts the default one in its data directory.
+    url: str = ".rearview/archive"
+    roll_records: int = Field(default=100_000, ge=1)
+    roll_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    roll_interval_s: float = Field(default=30.0, gt=0)
+    compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
+    # Backoff while Kafka or the archive's filesystem fails; the archiver never gives up.
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+
+
 class LogSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
@@ -248,6 +270,7 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = DashboardSettings()
     auth: AuthSettings = AuthSettings()
     replay: ReplaySettings = ReplaySettings()
+    archive: ArchiveSettings = ArchiveSettings()
     log: LogSettings = LogSettings()
 
 

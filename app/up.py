@@ -1,6 +1,6 @@
 """`rearview up`: the whole embedded stack as child processes, in dependency order.
 
-broker -> registry -> clickhouse -> (migrate) -> worker -> api [-> demo traffic]
+broker -> registry -> clickhouse -> (migrate) -> worker -> archiver -> api [-> demo traffic]
 
 Each child runs `rearview <service>` in its own process group and is stopped by its pid:
 SIGTERM first, SIGKILL if it does not exit in time. Children get their configuration through
@@ -20,7 +20,7 @@ import click
 
 from app.embedded.broker import ensure_topics, pipeline_topics
 from app.embedded.process import ChildProcess, free_port, http_ready, python_module, tcp_ready
-from app.settings import Settings, to_env
+from app.settings import ArchiveSettings, Settings, to_env
 
 
 class Stack:
@@ -57,6 +57,8 @@ class Stack:
                                                             "web_port": self.worker_port}),
                 "api": settings.api.model_copy(update={"host": host, "port": self.api_port,
                                                       "grpc_port": self.grpc_port}),
+                "archive": settings.archive.model_copy(update={"url": str(self.data_dir / "archive")})
+                if settings.archive.url == ArchiveSettings().url else settings.archive,
             }
         )
         self.env = {**to_env(self.settings), "PYTHONUNBUFFERED": "1"}
@@ -109,6 +111,16 @@ class Stack:
         self._start(self._child(
             "worker", "worker", "--host", h, "--port", str(self.worker_port),
             ready_url=f"http://{h}:{self.worker_port}/health"))
+        if self.settings.archive.enabled:
+            from app.archive import retire_previous_log
+
+            moved = retire_previous_log(self.settings)
+            if moved:
+                click.echo(f"  the previous log's archive is kept in {moved}")
+            # No port to probe: ready once it runs (a failure to start shows as its death).
+            self._start(ChildProcess("archiver", python_module("app.cli", "archive", "run"),
+                                     ready=lambda: True, env=self.env,
+                                     log_path=self.logs / "archiver.log"))
         self._start(self._child("api", "api", ready_url=f"{self.api_url}/health"))
         if demo_rate:
             key = ("--key", self.keys["write"]) if self.keys else ()
