@@ -207,3 +207,24 @@ def test_a_replay_killed_halfway_resumes_from_its_commit_and_ends_exact(pipeline
     status = subprocess.run([sys.executable, "-m", "app.cli", "replay", "status"], env=env, check=False,
                             capture_output=True, text=True, timeout=60)
     assert f"{job.job_id}: events, generation" in status.stdout and "swapped" in status.stdout
+
+
+def test_dry_run_prints_the_plan_and_a_bad_target_is_one_line(pipeline: Pipeline) -> None:
+    send(pipeline, events_over_days(1000, 1), corrupt=1)
+    pipeline.start_worker()
+    wait_for(lambda: exact(pipeline, 1000), 120, "1,000 events stored exactly")
+    env = {**os.environ, **pipeline.env}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app.cli", "replay", *args], env=env, check=False,
+                              capture_output=True, text=True, timeout=120)
+
+    plan = cli("start", "events", "--dry-run", "--source", "kafka")
+    assert plan.returncode == 0, plan.stderr
+    assert "targets: events" in plan.stdout and "partition 0: kafka, offsets 0 .. caught up" in plan.stdout
+    assert "estimated events: 1,001" in plan.stdout
+    assert pipeline.scalar("SELECT count() FROM generations") == 0  # nothing created
+    bad = cli("start", "rollup:nope")
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "not configured" in bad.stderr
+    ranged = cli("start", "events", "--offsets", "0:0-5")
+    assert ranged.returncode == 1 and "whole table" in ranged.stderr

@@ -30,12 +30,13 @@ def archived(services: Services, tmp_path: Path) -> Iterator[Pipeline]:
         p.close()
 
 
-def _digest(pipeline: Pipeline) -> list[tuple[object, ...]]:
+def _digest(pipeline: Pipeline) -> list[list[object]]:
     """Every stored event (its provenance and receive time are those of whichever copy was
     stored first: live, the copy that reached events.clean first; in a replay, the first read)."""
-    return pipeline.ch.query(
+    rows = pipeline.ch.query(
         "SELECT toString(event_id), project_id, event_name, user_id, ts, toString(properties), schema_id"
         " FROM events ORDER BY event_id").result_rows
+    return [list(row) for row in rows]
 
 
 def test_an_emptied_broker_is_replayed_from_the_archive_exactly(archived: Pipeline) -> None:
