@@ -163,6 +163,18 @@ def projects(reports: list[RollupReport]) -> list[str]:
     return sorted({r.project_id for r in reports})
 
 
+def stored_offsets(client: Client, raw_topic: str, events_table: str = "events") -> dict[int, int]:
+    """Per raw partition, the highest offset the live tables hold an event or a letter of."""
+    rows = client.query(
+        f"SELECT _partition, max(_offset) FROM `{events_table}` GROUP BY _partition UNION ALL"
+        " SELECT source_partition, max(source_offset) FROM dlq WHERE source_topic = {t:String}"
+        " GROUP BY source_partition", parameters={"t": raw_topic}).result_rows
+    out: dict[int, int] = {}
+    for p, o in rows:
+        out[int(p)] = max(int(o), out.get(int(p), -1))
+    return out
+
+
 def verify_generation(
     client: Client, targets: tuple[str, ...], tables: dict[str, str], specs: list[RollupSpec],
     raw_topic: str, partitions: dict[str, tuple[int, int, int, int]], hll_tolerance: float,
@@ -178,6 +190,8 @@ def verify_generation(
     - events target: every event read from a raw partition's range ends in exactly one place:
       a generation row at its position, a dead letter for its position (in the `dlq` table), or
       the replay's count of duplicates; and no event_id has two rows;
+    - the replay read every raw partition at least up to the highest offset the live tables
+      (events and dlq) hold: an end judged by a quiet period cannot have come too early;
     - every rebuilt rollup equals a GROUP BY over the events it was built from (the
       generation's events, or the live events table for a rollup target), and its uniques are
       within *hll_tolerance* of the exact count. With *complete* False (a rollup target before
@@ -203,6 +217,11 @@ def verify_generation(
                     f"raw partition {p} offsets {start}..{committed - 1}: {read} events read, but"
                     f" {rows} rows + {letters} dead letters + {elsewhere} duplicates or redrives"
                     f" = {int(rows) + int(letters) + elsewhere}")
+        for p, stored_until in stored_offsets(client, raw_topic).items():
+            read_until = partitions.get(str(p), (0, 0, 0, 0))[1]
+            if read_until <= stored_until:
+                diffs.append(f"raw partition {p}: the replay read up to offset {read_until - 1}, but the live"
+                             f" tables hold events or letters of offset {stored_until}")
         n, distinct = client.query(f"SELECT count(), uniqExact(event_id) FROM `{events_table}`").result_rows[0]
         if n != distinct:
             diffs.append(f"{int(n) - int(distinct)} events have more than one row in {events_table}")

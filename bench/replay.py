@@ -31,7 +31,7 @@ from app import clickhouse
 from app import replay as rp
 from app.generate import EventGenerator, send_kafka
 from app.replay.sources import KafkaSource, topic_partitions
-from app.settings import AuthSettings, Settings
+from app.settings import ArchiveSettings, AuthSettings, Settings
 from app.up import Stack
 from bench.e2e import cpu_seconds, wait_rows
 
@@ -62,7 +62,9 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Settings(auth=KEYS_OFF), "127.0.0.1", Path(tmp), free_ports=True)
+        # No archiver: the bench writes its own archive of events.raw.
+        stack = Stack(Settings(auth=KEYS_OFF, archive=ArchiveSettings(enabled=False)), "127.0.0.1", Path(tmp),
+                      free_ports=True)
         try:
             stack.start()
             s = stack.settings
@@ -81,7 +83,7 @@ def main() -> None:
             print(f"live worker: {args.events:,} events in {done - t0:.2f}s, worker CPU {live_cpu:.2f}s"
                   f" = {live:,.0f} events/CPU-s", flush=True)
             worker.stop()
-            archive = Archive(str(Path(tmp) / "archive"))
+            archive = Archive(str(Path(tmp) / "replay-archive"))
             archive_all(s, archive, -(-args.events // 500))
             results: dict[str, list[tuple[float, float]]] = {"kafka": [], "archive": []}
             for run in range(args.runs):

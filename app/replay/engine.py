@@ -256,6 +256,9 @@ class _EventsRun:
             self._kafka = self._batches()
         quiet = Quiet(self.rt.settings.replay.quiet_s)
         cp = self.checkpoints
+        # A quiet period alone may end too early (a fetch the broker answers late): never stop
+        # before the offsets the live tables already hold (under the fence, they are final).
+        floors = verify_mod.stored_offsets(self.client, self.rt.settings.kafka.topics.raw)
         for batch in self._kafka:
             quiet.saw(len(batch))
             if batch:
@@ -263,9 +266,17 @@ class _EventsRun:
             if cp.due():
                 cp.commit()
                 self.renew()
-            if quiet.caught_up:
+            if quiet.caught_up and self._reached(floors):
                 break
         cp.commit("caught_up")
+
+    def _reached(self, floors: dict[int, int]) -> bool:
+        reached = self.checkpoints.reached
+        for p, floor in floors.items():
+            part = self.job.partitions.get(str(p))
+            if part is not None and part.source != "archive" and reached.get(str(p), part.committed) <= floor:
+                return False
+        return True
 
     def close(self) -> None:
         self.letters.close()

@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from agents.archive import Archive, RawRecord
+from app.replay.jobs import ReplayError
 
 Batch = list[RawRecord]
 
@@ -80,6 +81,7 @@ class KafkaSource:
         try:
             consumer.assign([TopicPartition(self._topic, p, start) for p, (start, _) in active.items()])
             stops = {p: stop for p, (_, stop) in active.items()}
+            expected = {p: start for p, (start, _) in active.items()}
             done: set[int] = set()
             while len(done) < len(active):
                 messages = consumer.consume(self._fetch, idle_s)
@@ -91,6 +93,9 @@ class KafkaSource:
                     stop = stops.get(p)
                     if p in done or (stop is not None and offset >= stop):
                         continue
+                    if offset > expected[p]:
+                        self._check_gap(consumer, p, expected[p])
+                    expected[p] = offset + 1
                     _kind, ts = m.timestamp()
                     by_partition.setdefault(p, []).append(
                         RawRecord(p, offset, int(ts), m.key(), m.value(), _headers(m.headers())))
@@ -104,6 +109,16 @@ class KafkaSource:
                     yield []
         finally:
             consumer.close()
+
+    def _check_gap(self, consumer: Consumer, partition: int, expected: int) -> None:
+        """Offsets may skip (transaction markers); records deleted while the replay read them
+        may not: the consumer would jump to the log's new beginning, and the replay would
+        silently miss them."""
+        low, _high = consumer.get_watermark_offsets(TopicPartition(self._topic, partition), timeout=10,
+                                                    cached=False)
+        if low > expected:
+            raise ReplayError(f"partition {partition}: offsets {expected}..{low - 1} left Kafka while the"
+                              " replay read them; replay with --source auto and the archive")
 
 
 def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
