@@ -538,8 +538,9 @@ def replay_start(ctx: click.Context, targets: tuple[str, ...], source: str, from
         assert isinstance(plan, rp.Plan)
         click.echo("\n".join(plan.describe()))
         return
-    with progress_bar(None) as advance:
-        job = rp.start(s, request, archive=archive, advance=advance)
+    with progress_bar(None) as bar:
+        job = rp.start(s, request, archive=archive, advance=bar.advance,
+                       on_plan=lambda plan: bar.total(plan.estimated_events))
     assert isinstance(job, rp.Job)
     click.echo("\n".join(job_lines(job)))
     if job.status != "swapped":
@@ -557,8 +558,8 @@ def replay_resume(ctx: click.Context, job_id: str, rate: float | None, archive_u
     from app.replay.console import job_lines, progress_bar
 
     s = _settings(ctx)
-    with progress_bar(None, "resuming") as advance:
-        job = rp.resume(s, job_id, archive=rp.archive_of(s, archive_url), advance=advance, rate=rate)
+    with progress_bar(None, "resuming") as bar:
+        job = rp.resume(s, job_id, archive=rp.archive_of(s, archive_url), advance=bar.advance, rate=rate)
     click.echo("\n".join(job_lines(job)))
     if job.status != "swapped":
         raise click.ClickException(f"job {job.job_id} not swapped: {job.error or job.status}")

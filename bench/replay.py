@@ -43,13 +43,14 @@ def archive_all(settings: Settings, archive: Archive, total_messages: int) -> No
         settings.kafka.bootstrap_servers, topic)}
     seen = 0
     pending: dict[int, list] = {}
+    deadline = time.monotonic() + 300
     for batch in KafkaSource(settings.kafka.bootstrap_servers, topic).read(ranges, idle_s=1.0):
-        if not batch:
+        if batch:
+            pending.setdefault(batch[0].partition, []).extend(batch)
+            seen += len(batch)
+        if seen >= total_messages or time.monotonic() > deadline:
             break
-        pending.setdefault(batch[0].partition, []).extend(batch)
-        seen += len(batch)
-        if seen >= total_messages:
-            break
+    assert seen == total_messages, f"{seen} of {total_messages} raw messages read for the archive"
     for p, records in pending.items():
         for i in range(0, len(records), 2000):
             archive.write(topic, p, records[i:i + 2000])

@@ -13,7 +13,7 @@ See docs/replay.md for the whole story: targets, sources, the hand-over, resume,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
@@ -121,13 +121,17 @@ def make_plan(settings: Settings, request: Request, archive: Archive | None, cli
 
 
 def start(settings: Settings, request: Request, *, dry_run: bool = False, archive: Archive | None = None,
-          advance: Advance | None = None, stop_after_events: int | None = None) -> Plan | Job:
-    """Plan, and unless *dry_run*, create the generation and run the job to its end."""
+          advance: Advance | None = None, stop_after_events: int | None = None,
+          on_plan: Callable[[Plan], None] | None = None) -> Plan | Job:
+    """Plan, and unless *dry_run*, create the generation and run the job to its end
+    (*on_plan* sees the plan first: a progress bar takes its estimate as total)."""
     client = _client(settings)
     try:
         plan = make_plan(settings, request, archive, client)
         if dry_run:
             return plan
+        if on_plan is not None:
+            on_plan(plan)
         if plan.targets == (EVENTS,) and (request.from_time or request.offsets):
             raise ReplayError("the events target rebuilds the whole table: a range (--from, --offsets)"
                               " would leave the events before it out of the new generation;"
@@ -213,14 +217,3 @@ def gc(settings: Settings, keep: int = 0) -> list[str]:
         return generations.gc(client, keep)
     finally:
         client.close()
-
-
-def estimated(job: Job) -> int | None:
-    """Events a job will read, when its ranges are bounded (else None)."""
-    if any(p.stop is None for p in job.partitions.values()):
-        return None
-    return sum(max(0, (p.stop or 0) - p.start) for p in job.partitions.values())
-
-
-def targets_text(targets: Sequence[str]) -> str:
-    return ", ".join(targets)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -18,21 +19,29 @@ from rich.progress import (
 from app.replay.jobs import Job
 
 
+class Bar:
+    """`advance(n)` per batch of events; `total(n)` once the plan's estimate is known."""
+
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+        speed = self._progress.tasks[0].speed
+        self._progress.update(self._task, rate=f"{speed:,.0f}" if speed else "-")
+
+    def total(self, n: int) -> None:
+        self._progress.update(self._task, total=n or None)
+
+
 @contextmanager
-def progress_bar(total: int | None, what: str = "replaying") -> Iterator[Callable[[int], None]]:
+def progress_bar(total: int | None, what: str = "replaying") -> Iterator[Bar]:
     """A rich progress bar of events with their rate and an ETA (on a terminal; silent otherwise)."""
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} events/s"), TimeElapsedColumn(),
                TimeRemainingColumn()]
     with Progress(*columns, disable=not sys.stderr.isatty(), transient=False) as progress:
-        task = progress.add_task(what, total=total or None, rate="-")
-
-        def advance(n: int) -> None:
-            progress.advance(task, n)
-            speed = progress.tasks[0].speed
-            progress.update(task, rate=f"{speed:,.0f}" if speed else "-")
-
-        yield advance
+        yield Bar(progress, progress.add_task(what, total=total or None, rate="-"))
 
 
 def job_lines(job: Job) -> list[str]:
