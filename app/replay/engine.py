@@ -152,7 +152,8 @@ def _verified(rt: Runtime, job: Job, client: Client, tables: dict[str, str], spe
         client, job.targets, tables, list(specs), rt.settings.kafka.topics.raw,
         {k: (p.start, p.committed, p.events, p.duplicates + p.skipped + p.letters_elsewhere)
          for k, p in job.partitions.items()},
-        hll_tolerance=rt.settings.replay.hll_tolerance, complete=final or job.targets == (EVENTS,))
+        hll_tolerance=rt.settings.replay.hll_tolerance, complete=final or job.targets == (EVENTS,),
+        final=final)
     if diffs:
         job.status = "refused"
         job.error = "; ".join(diffs[:5]) + (f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else "")
@@ -260,9 +261,9 @@ class _EventsRun:
         # before the offsets the live tables already hold (under the fence, they are final).
         floors = verify_mod.stored_offsets(self.client, self.rt.settings.kafka.topics.raw)
         for batch in self._kafka:
-            quiet.saw(len(batch))
             if batch:
                 self._process(batch)
+            quiet.saw(len(batch))  # after processing: a long batch is not a quiet period
             if cp.due():
                 cp.commit()
                 self.renew()
@@ -271,10 +272,14 @@ class _EventsRun:
         cp.commit("caught_up")
 
     def _reached(self, floors: dict[int, int]) -> bool:
+        """Every bounded range read to its stop, every other partition past its floor."""
         reached = self.checkpoints.reached
-        for p, floor in floors.items():
-            part = self.job.partitions.get(str(p))
-            if part is not None and part.source != "archive" and reached.get(str(p), part.committed) <= floor:
+        for key, part in self.job.partitions.items():
+            at = reached.get(key, part.committed)
+            if part.stop is not None:
+                if at < part.stop:
+                    return False
+            elif at <= floors.get(int(key), -1):
                 return False
         return True
 
