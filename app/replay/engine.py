@@ -260,6 +260,11 @@ class _EventsRun:
         # A quiet period alone may end too early (a fetch the broker answers late): never stop
         # before the offsets the live tables already hold (under the fence, they are final).
         floors = verify_mod.stored_offsets(self.client, self.rt.settings.kafka.topics.raw)
+        # Under steady traffic there is never a quiet period: once past the floors, read for
+        # `quiet_s` more at most. Stopping anywhere past them is exact: what the live tables
+        # do not hold yet, the live pipeline stores after the swap (a record the replay also
+        # read is then a duplicate of the generation's row, and dropped).
+        past_floors_at: float | None = None
         for batch in self._kafka:
             if batch:
                 self._process(batch)
@@ -267,7 +272,10 @@ class _EventsRun:
             if cp.due():
                 cp.commit()
                 self.renew()
-            if quiet.caught_up and self._reached(floors):
+            if past_floors_at is None and self._reached(floors):
+                past_floors_at = time.monotonic()
+            if past_floors_at is not None and (
+                    quiet.caught_up or time.monotonic() - past_floors_at >= self.rt.settings.replay.quiet_s):
                 break
         cp.commit("caught_up")
 
