@@ -22,7 +22,17 @@ A flush, every `flush_interval_s` on a timer (never only when the next event arr
 every changed partial into its rollup table, evicts idle closed windows every
 `evict_interval_s`, then reports the held batches done, so their offsets can be committed.
 One dedup verdict serves both the events table and the rollups: they cannot disagree about
-which copy of an event counts. ClickHouse unreachable is an outage (retried forever, nothing
+which copy of an event counts.
+
+The replay hand-over (tables/fence.py): the store announces the events.clean partitions it
+owns in a heartbeat and polls the replay fences on its flush timer. A fence pauses it: no batch
+is admitted, the last one is flushed and reported done, its partitions are acknowledged. A
+release with ``rebegin`` (after a generation swap) drops every partition's in-memory state and
+bumps its epoch, as a revoke does, so each begins again from the swapped tables; a fence that
+expires unreleased is abandoned and the store resumes as it was. After an ``events`` swap the
+dedup state holds the replayed rows at ``REPLAYED_OFFSET``, so a copy of a replayed event read
+from events.clean is a duplicate, and the store's own partials restore nothing of the
+replay-space ones (`recent_states` and `load_states` read its partition number only). ClickHouse unreachable is an outage (retried forever, nothing
 acked); an events.clean message that is not a clean block, or rows whose times no column can
 hold, are dead-lettered.
 """
@@ -55,7 +65,7 @@ from agents.stages import StageWatch
 from tables import fence as fences
 from tables.aggregate import Aggregator, MissingStates
 from tables.columns import int64
-from tables.dedup import Deduper, ids_from_strings, pack_position
+from tables.dedup import REPLAYED_OFFSET, Deduper, ids_from_strings, pack_position
 from tables.state import StateKey
 
 log = structlog.get_logger(__name__)
@@ -94,15 +104,23 @@ class FirstCopies:
 
     async def read(self, partition: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids (n, 2) uint64, packed positions) of the partition's rows inserted within the
-        horizon (found through the ``_inserted_at`` minmax index)."""
+        horizon (found through the ``_inserted_at`` minmax index).
+
+        Rows a replay wrote (``REPLAYED_OFFSET``) were all inserted recently, whatever their
+        age: of those, only events whose time is within the horizon are read. A later copy of
+        an older one has an event time older than the horizon, so `store` looks it up in the
+        table instead (`lookup`); reading them all would hold the whole replayed history in
+        memory."""
         out: list[pa.Table] = []
 
         def query(client: Client) -> None:
             out.append(client.query_arrow(
                 f"SELECT toString(event_id) AS id, _clean_offset, _clean_index FROM `{self._table}`"
                 " WHERE _inserted_at >= now64(3) - toIntervalSecond({h:UInt32})"
-                " AND CRC32(toString(event_id)) % {n:UInt32} = {p:UInt32}",
-                parameters={"h": self._horizon_s, "n": self._partitions, "p": partition}))
+                " AND CRC32(toString(event_id)) % {n:UInt32} = {p:UInt32}"
+                " AND (_clean_offset != {replayed:UInt64} OR ts >= now64(3) - toIntervalSecond({h:UInt32}))",
+                parameters={"h": self._horizon_s, "n": self._partitions, "p": partition,
+                            "replayed": REPLAYED_OFFSET}))
 
         await self._calls.run("dedup restore", query)
         table = out[0]

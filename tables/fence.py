@@ -148,9 +148,9 @@ class Fence:
 
     def owned_partitions(self, max_age_s: float = 10.0) -> set[int]:
         rows = self._client.query(
-            "SELECT DISTINCT arrayJoin(partitions) FROM (SELECT argMax(partitions, at) AS partitions,"
-            f" max(at) AS last FROM {HEARTBEATS} GROUP BY worker)"
-            " WHERE last >= now64(3) - toIntervalMillisecond({age:UInt64})",
+            "SELECT DISTINCT arrayJoin(partitions) FROM (SELECT argMax(partitions, at) AS partitions"
+            f" FROM {HEARTBEATS} WHERE at >= now64(3) - toIntervalMillisecond({{age:UInt64}})"
+            " GROUP BY worker)",
             parameters={"age": int(max_age_s * 1000)}).result_rows
         return {int(r[0]) for r in rows}
 

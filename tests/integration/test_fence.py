@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -35,15 +36,17 @@ class _NotYet:
         return self.why
 
 
-def _send(pipeline: Pipeline, count: int, seed: int, rate: float = 0) -> int:
+def _send(pipeline: Pipeline, count: int, seed: int, rate: float = 0, at: float | None = None) -> int:
+    """*count* events of generator *seed*, timed now (or all at epoch seconds *at*: the same
+    seed and *at* give the same events again)."""
     s = pipeline.settings
     batch_id = register(s.registry.url, s.kafka.topics.raw, schemas.EVENT_BATCH)
-    return send_kafka(s.kafka.bootstrap_servers, s.kafka.topics.raw, batch_id,
-                      EventGenerator(users=500, seed=seed).events(), count, rate, 100)
+    events = EventGenerator(users=500, seed=seed).events(*(() if at is None else (lambda: at,)))
+    return send_kafka(s.kafka.bootstrap_servers, s.kafka.topics.raw, batch_id, events, count, rate, 100)
 
 
-def _health(pipeline: Pipeline) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{pipeline.urls['worker']}/health", timeout=10).json()
+def _health(pipeline: Pipeline, worker: str = "worker") -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{pipeline.urls[worker]}/health", timeout=10).json()
     return body
 
 
@@ -54,7 +57,7 @@ def _rows(pipeline: Pipeline) -> tuple[int, int]:
 
 
 def _exact(pipeline: Pipeline, total: int) -> bool | _NotYet:
-    rows, ids = _rows(pipeline)
+    ids = _rows(pipeline)[1]
     if ids < total:
         return _NotYet(f"{ids} of {total} events stored")
     reports = verify(pipeline.ch, pipeline.settings.aggregate.rollups)
@@ -63,8 +66,8 @@ def _exact(pipeline: Pipeline, total: int) -> bool | _NotYet:
     return _NotYet(", ".join(wrong)) if wrong else True
 
 
-def _validated(pipeline: Pipeline) -> int:
-    return int(_health(pipeline)["clean_events"])
+def _validated(pipeline: Pipeline, *workers: str) -> int:
+    return sum(int(_health(pipeline, w)["clean_events"]) for w in workers or ("worker",))
 
 
 def test_a_fence_pauses_the_live_store_until_it_is_released(pipeline: Pipeline) -> None:
@@ -115,6 +118,38 @@ def test_an_expired_fence_is_abandoned_and_the_store_resumes(pipeline: Pipeline)
         fence.renew(fence_id)
 
 
+def _owners(pipeline: Pipeline) -> int:
+    """Stores whose latest heartbeat announces partitions."""
+    return int(pipeline.scalar(
+        "SELECT count() FROM (SELECT worker, argMax(partitions, at) AS p FROM store_heartbeats"
+        " GROUP BY worker) WHERE notEmpty(p)"))
+
+
+def test_a_rebalance_during_a_fence_keeps_every_store_paused(pipeline: Pipeline) -> None:
+    """A second worker joins while the fence holds: partitions move, the newcomer pauses
+    before it begins any (and acknowledges them), nothing is stored until the release, then
+    everything is stored once."""
+    pipeline.start_worker("worker-a")
+    assert _send(pipeline, 1_000, seed=6) == 1_000
+    wait_for(lambda: _exact(pipeline, 1_000), 90, "the first events stored")
+    fence = Fence(pipeline.ch, "test")
+    fence_id = fence.request("test: rebalance", ttl_s=120)
+    fence.wait(fence_id, 30)
+    pipeline.start_worker("worker-b")
+    wait_for(lambda: _owners(pipeline) == 2, 60, "both workers owning partitions")
+    assert _send(pipeline, 3_000, seed=7) == 3_000
+    wait_for(lambda: _validated(pipeline, "worker-a", "worker-b") >= 4_000, 60, "the new events validated")
+    fence.wait(fence_id, 30)  # the newcomer's partitions are acknowledged too
+    assert fence.acknowledged(fence_id) >= fence.owned_partitions() == PARTITIONS
+    for _ in range(3):
+        assert _rows(pipeline) == (1_000, 1_000)
+        threading.Event().wait(0.5)
+    assert _health(pipeline, "worker-b")["replay_fences"]["paused_for"] == 1
+    fence.release(fence_id, rebegin=False)
+    wait_for(lambda: _exact(pipeline, 4_000), 90, "the events sent during the fence stored")
+    assert _rows(pipeline) == (4_000, 4_000)
+
+
 def test_wait_names_the_partitions_that_never_acknowledge(pipeline: Pipeline) -> None:
     """A store that heartbeats but never acknowledges (one that hangs): wait gives up and names
     its partitions. No store at all: nothing needs pausing."""
@@ -145,10 +180,13 @@ def test_release_with_rebegin_makes_the_store_continue_from_the_swapped_tables(p
     replay space is swapped in under a fence while events keep coming. After the release the
     store begins again from it: its live partials start from nothing (a store that kept its
     memory would write its old counts beside the replayed ones), copies of replayed events are
-    duplicates, and the rollups equal the events."""
+    duplicates (found in memory for recent ones, in the table for events older than the dedup
+    horizon, which the store does not load), and the rollups equal the events."""
     pipeline.start_worker()
-    total = 12_000
-    sender = threading.Thread(target=_send, args=(pipeline, total, 5, 1_500))
+    old_at, historic = time.time() - 3 * 86_400, 300
+    assert _send(pipeline, historic, seed=8, at=old_at) == historic
+    total = 12_000 + historic
+    sender = threading.Thread(target=_send, args=(pipeline, total - historic, 5, 1_500))
     sender.start()
     try:
         wait_for(lambda: _rows(pipeline)[1] >= 3_000, 90, "events flowing")
@@ -168,11 +206,11 @@ def test_release_with_rebegin_makes_the_store_continue_from_the_swapped_tables(p
     finally:
         sender.join()
     # The same events again (same ids, new positions in events.clean): duplicates of replayed rows.
-    resent = _send(pipeline, 1_000, seed=5)
-    assert resent == 1_000
+    resent = _send(pipeline, 1_000, seed=5) + _send(pipeline, historic, seed=8, at=old_at)
     wait_for(lambda: _exact(pipeline, total), 120, "every event stored once, rollups exact")
     wait_for(lambda: _validated(pipeline) >= total + resent, 60, "the copies validated")
     wait_for(lambda: int(_health(pipeline)["dedup"]["duplicates_dropped"]) >= resent, 60, "the copies dropped")
+    assert _health(pipeline)["dedup"]["found_in_events_table"] == historic
     assert _rows(pipeline) == (total, total)
     assert _exact(pipeline, total)
     assert _health(pipeline)["replay_fences"]["rebegins"] == 1
