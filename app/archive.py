@@ -383,7 +383,8 @@ def committed_offsets(bootstrap_servers: str, topic: str, partitions: int,
 
     from core.exceptions import ServiceUnavailable
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(config or {})})
+    # log_level 0: an unreachable broker is reported once by the caller, not per attempt.
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0, **(config or {})})
     try:
         groups = admin.list_consumer_groups(request_timeout=timeout_s).result(timeout_s).valid
         best: dict[int, int] = {}
@@ -395,8 +396,8 @@ def committed_offsets(bootstrap_servers: str, topic: str, partitions: int,
                 for tp in future.result(timeout_s).topic_partitions:
                     if tp.error is None and tp.offset >= 0:
                         best[tp.partition] = max(best.get(tp.partition, 0), tp.offset)
-    except KafkaException as exc:
-        raise ServiceUnavailable(f"Kafka at {bootstrap_servers}: {exc}") from exc
+    except (KafkaException, TimeoutError) as exc:  # TimeoutError: no answer within timeout_s
+        raise ServiceUnavailable(f"Kafka at {bootstrap_servers} did not answer: {str(exc) or 'timed out'}") from exc
     return best
 
 
@@ -424,6 +425,8 @@ def print_status(rows: list[PartitionStatus], topic: str, url: str, kafka_error:
                       num(r.missing), "?" if kafka_error else num(r.committed), lag,
                       when(r.max_timestamp_ms))
     console = Console()
+    if not console.is_terminal:  # a pipe or a file gets whole rows, however wide
+        console = Console(width=200)
     console.print(table)
     total_records = sum(r.records for r in rows)
     total_bytes = sum(r.bytes for r in rows)

@@ -223,3 +223,25 @@ def test_a_log_that_is_not_the_archived_one_stops_the_archiver(
     text = (tmp_path / "archiver.log").read_text()
     assert "the broker lost its log" in text
     assert Archive(settings.archive.url).next_offset(settings.kafka.topics.raw, 0) == 10, "nothing mixed in"
+
+
+def test_a_failing_archive_filesystem_is_retried_until_it_recovers(
+        services: Services, tmp_path: Path, children: list[ChildProcess]) -> None:
+    settings = archive_settings(services, tmp_path)
+    root = Path(settings.archive.url)
+    root.mkdir(parents=True)
+    blocker = root / settings.kafka.topics.raw
+    blocker.write_text("a file where the topic's folder must go: every write fails")
+    produced = Produced()
+    produce(settings, produced, 400)
+    child = start_archiver(settings, tmp_path)
+    children.append(child)
+    time.sleep(5)  # several roll intervals and retries
+    assert child.alive(), "the archiver must wait for its filesystem, not crash"
+    assert blocker.is_file()
+    blocker.unlink()  # the filesystem recovers
+    wait_for(lambda: archived_count(settings) >= 400, 60, "everything archived after the outage",
+             lambda: f"{archived_count(settings)} of 400")
+    time.sleep(1.5)
+    assert_exactly_once(settings, produced)
+    assert "archive_unavailable" in (tmp_path / "archiver.log").read_text()
