@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,7 +27,7 @@ import faust
 import structlog
 
 from agents import dlq, preview
-from agents.codec import FramingError, split_frame
+from agents.codec import FramingError, WriterSchema, split_frame
 from agents.offsets import OffsetKeeper, bytes_topic
 from agents.pii import Redactor
 from agents.produce import produce_all
@@ -95,6 +95,32 @@ async def dead_letter(app: faust.App, deps: WorkerDeps, invalid: Sequence[Invali
     deps.counters.dead += len(invalid)
 
 
+def validate_record(
+    value: bytes | None, key: bytes | None, headers: Any, meta: SourceMeta, validator: Validator,
+    redactor: Redactor, schemas: Mapping[int, WriterSchema | None], now_ms: int,
+    redactions: Counter[str] | None = None,
+) -> tuple[list[CleanEvent], list[Invalid]]:
+    """One raw message through the validate stage: its clean events, redacted, and its dead
+    letters (no I/O). The live validate agent and `rearview replay` both call this, so a rule,
+    a redaction or a redrive header means the same in both. *redactions*, if given, counts the
+    redactions by detector."""
+    redrive = dlq.redrive_of(dlq.parse_headers(headers), meta) if headers else None
+    result = validator.validate_message(value, key, meta, schemas, now_ms, redrive=redrive)
+    if redrive is not None:
+        result.invalid[:] = [
+            replace(inv, source=redrive.identity, attempt=redrive.attempt,
+                    first_failed_at_ms=redrive.first_failed_at_ms)
+            for inv in result.invalid
+        ]
+    clean: list[CleanEvent] = []
+    for valid in result.clean:
+        clean_event, counts = redactor.redact_event(valid)
+        clean.append(clean_event)
+        if counts and redactions is not None:
+            redactions.update(counts)
+    return clean, result.invalid
+
+
 def validate_batch(
     events: Sequence[faust.EventT], deps: WorkerDeps, now_ms: int
 ) -> tuple[list[dict[str, Any]], int, int]:
@@ -104,23 +130,13 @@ def validate_batch(
     for event in events:
         msg = event.message
         meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
-        redrive = dlq.redrive_of(dlq.parse_headers(msg.headers), meta) if msg.headers else None
-        result = deps.validator.validate_message(
-            msg.value, msg.key, meta, deps.schemas.known, now_ms, redrive=redrive
-        )
-        if redrive is not None:
-            result.invalid[:] = [
-                replace(inv, source=redrive.identity, attempt=redrive.attempt,
-                        first_failed_at_ms=redrive.first_failed_at_ms)
-                for inv in result.invalid
-            ]
-        for valid in result.clean:
-            clean_event, counts = deps.redactor.redact_event(valid)
+        clean, invalid = validate_record(msg.value, msg.key, msg.headers, meta, deps.validator,
+                                         deps.redactor, deps.schemas.known, now_ms,
+                                         deps.counters.redactions)
+        for clean_event in clean:
             clean_by_partition[event_partition(clean_event["event_id"], deps.clean_partitions)].append(
                 clean_event)
-            if counts:
-                deps.counters.redactions.update(counts)
-        dead.extend(result.invalid)
+        dead.extend(invalid)
     records: list[dict[str, Any]] = []
     n_clean = 0
     for partition, clean in clean_by_partition.items():

@@ -509,6 +509,109 @@ def verify(ctx: click.Context, show: int, project: str | None) -> None:
     sys.exit(EXIT_CODES[verdict])
 
 
+@cli.group()
+def replay() -> None:
+    """Rebuild tables into a new generation from events.raw (Kafka or the archive), verify, swap."""
+
+
+@replay.command("start")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--source", type=click.Choice(["kafka", "archive", "auto"]), default="auto", show_default=True,
+              help="auto: the archive up to where Kafka's log begins, then Kafka.")
+@click.option("--from", "from_time", default=None, help="ISO-8601 time or epoch ms (planned, see --dry-run).")
+@click.option("--offsets", default=None, help="p:start-stop,... of events.raw (planned, see --dry-run).")
+@click.option("--rate", type=float, default=0.0, show_default=True, help="Events/s at most; 0: no cap.")
+@click.option("--archive", "archive_url", default=None, help="Raw archive URL [archive.url].")
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
+@click.pass_context
+def replay_start(ctx: click.Context, targets: tuple[str, ...], source: str, from_time: str | None,
+                 offsets: str | None, rate: float, archive_url: str | None, dry_run: bool) -> None:
+    """Rebuild TARGETS: events, rollups, or rollup:<name> (several)."""
+    from app import replay as rp
+    from app.replay.console import job_lines, progress_bar
+
+    s = _settings(ctx)
+    request = rp.Request(targets, source, from_time, offsets, rate)
+    archive = rp.archive_of(s, archive_url)
+    if dry_run:
+        plan = rp.start(s, request, dry_run=True, archive=archive)
+        assert isinstance(plan, rp.Plan)
+        click.echo("\n".join(plan.describe()))
+        return
+    with progress_bar(None) as bar:
+        job = rp.start(s, request, archive=archive, advance=bar.advance,
+                       on_plan=lambda plan: bar.total(plan.estimated_events))
+    assert isinstance(job, rp.Job)
+    click.echo("\n".join(job_lines(job)))
+    if job.status != "swapped":
+        raise click.ClickException(f"job {job.job_id} not swapped: {job.error or job.status}")
+
+
+@replay.command("resume")
+@click.argument("job_id")
+@click.option("--rate", type=float, default=None, help="Events/s at most; 0: no cap [as started].")
+@click.option("--archive", "archive_url", default=None, help="Raw archive URL [archive.url].")
+@click.pass_context
+def replay_resume(ctx: click.Context, job_id: str, rate: float | None, archive_url: str | None) -> None:
+    """Continue JOB_ID from its committed positions (after a crash or a kill)."""
+    from app import replay as rp
+    from app.replay.console import job_lines, progress_bar
+
+    s = _settings(ctx)
+    with progress_bar(None, "resuming") as bar:
+        job = rp.resume(s, job_id, archive=rp.archive_of(s, archive_url), advance=bar.advance, rate=rate)
+    click.echo("\n".join(job_lines(job)))
+    if job.status != "swapped":
+        raise click.ClickException(f"job {job.job_id} not swapped: {job.error or job.status}")
+
+
+@replay.command("status")
+@click.pass_context
+def replay_status(ctx: click.Context) -> None:
+    """Every replay job: targets, generation, state, progress per partition, rate."""
+    from app import replay as rp
+    from app.replay.console import job_lines
+
+    found = rp.status(_settings(ctx))
+    if not found:
+        click.echo("no replay jobs")
+    for job in found:
+        click.echo("\n".join(job_lines(job)))
+
+
+@replay.command("cancel")
+@click.argument("job_id")
+@click.pass_context
+def replay_cancel(ctx: click.Context, job_id: str) -> None:
+    """Give up an unfinished job (its generation is marked failed; `gc` drops it)."""
+    from app import replay as rp
+
+    job = rp.cancel(_settings(ctx), job_id)
+    click.echo(f"{job.job_id} cancelled")
+
+
+@replay.command("rollback")
+@click.argument("generation", type=int)
+@click.pass_context
+def replay_rollback(ctx: click.Context, generation: int) -> None:
+    """Swap GENERATION out again: the tables it replaced become live (under a fence)."""
+    from app import replay as rp
+
+    rp.rollback(_settings(ctx), generation)
+    click.echo(f"generation {generation} rolled back")
+
+
+@replay.command("gc")
+@click.option("--keep", type=int, default=0, show_default=True, help="Retired generations to keep.")
+@click.pass_context
+def replay_gc(ctx: click.Context, keep: int) -> None:
+    """Drop the tables of retired generations."""
+    from app import replay as rp
+
+    dropped = rp.gc(_settings(ctx), keep)
+    click.echo("\n".join(f"dropped {t}" for t in dropped) or "nothing to drop")
+
+
 @cli.command()
 @click.option("--host", default=None, help="Address of the worker's status page [127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port of the worker's status page [6066].")

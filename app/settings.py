@@ -204,6 +204,26 @@ class DashboardSettings(BaseModel):
     dlq_minutes: int = Field(default=60, ge=1, le=1440)
 
 
+class ReplaySettings(BaseModel):
+    """`rearview replay` (app/replay): rebuilding tables into a generation, then the swap."""
+
+    # Caught up: no new record on any partition for this long (offsets seen while consuming,
+    # never the broker's end offsets).
+    quiet_s: float = Field(default=2.0, gt=0)
+    fetch_messages: int = Field(default=2000, ge=1)
+    # Rollup states are flushed and positions committed this often: the most a resumed job
+    # reads again.
+    checkpoint_s: float = Field(default=2.0, gt=0)
+    # The replay remembers every event_id it stored for this long (24 bytes an id), so copies
+    # are dropped across the whole replay, whichever raw partition they are on.
+    dedup_horizon_s: int = Field(default=30 * 86400, ge=1)
+    # The hand-over: how long the live stores may take to pause, and the fence's lease.
+    fence_timeout_s: float = Field(default=60.0, gt=0)
+    fence_ttl_s: float = Field(default=30.0, gt=0)
+    # Unique users of a rebuilt rollup may differ from the exact count by this much.
+    hll_tolerance: float = Field(default=0.05, ge=0)
+
+
 class ArchiveSettings(BaseModel):
     """The raw archive (agents/archive.py, docs/archive.md): every events.raw record as Parquet.
 
@@ -249,6 +269,7 @@ class Settings(BaseSettings):
     query: QuerySettings = QuerySettings()
     dashboard: DashboardSettings = DashboardSettings()
     auth: AuthSettings = AuthSettings()
+    replay: ReplaySettings = ReplaySettings()
     archive: ArchiveSettings = ArchiveSettings()
     log: LogSettings = LogSettings()
 

@@ -1,0 +1,78 @@
+"""A broker emptied (the embedded one keeps its log in memory): the archive restores every event."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from agents.archive import Archive
+from app import replay as rp
+from app.embedded.broker import ensure_topics, pipeline_topics
+from app.embedded.process import ChildProcess, python_module
+from app.verify import overall, verify
+from tests.integration.conftest import Pipeline, Services, make_pipeline, wait_for
+from tests.integration.replay_helpers import events_over_days, exact, send
+from tests.integration.test_replay import BY_COUNTRY
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def archived(services: Services, tmp_path: Path) -> Iterator[Pipeline]:
+    p = make_pipeline(services, tmp_path, archive={"url": str(tmp_path / "archive"), "roll_records": 300,
+                                                   "roll_interval_s": 1.0})
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _digest(pipeline: Pipeline) -> list[list[object]]:
+    """Every stored event (its provenance and receive time are those of whichever copy was
+    stored first: live, the copy that reached events.clean first; in a replay, the first read)."""
+    rows = pipeline.ch.query(
+        "SELECT toString(event_id), project_id, event_name, user_id, ts, toString(properties), schema_id"
+        " FROM events ORDER BY event_id").result_rows
+    return [list(row) for row in rows]
+
+
+def test_an_emptied_broker_is_replayed_from_the_archive_exactly(archived: Pipeline) -> None:
+    pipeline = archived
+    events = events_over_days(3000, 3)
+    messages = send(pipeline, events, corrupt=2) + send(pipeline, events[:400])
+    pipeline.start_worker()
+    archiver = ChildProcess("archiver", python_module("app.cli", "archive", "run"), ready=lambda: True,
+                            env=pipeline.env, log_path=pipeline.tmp / "archiver.log")
+    archiver.start()
+    pipeline.children.append(archiver)
+    wait_for(lambda: exact(pipeline, 3000), 120, "3,000 events stored exactly")
+    archive = Archive(pipeline.settings.archive.url)
+    topic = pipeline.settings.kafka.topics.raw
+    wait_for(lambda: sum(f.records for fs in archive.files(topic).values() for f in fs) == messages, 60,
+             "every raw message archived")
+    before, letters = _digest(pipeline), pipeline.scalar("SELECT count() FROM dlq FINAL")
+    for child in pipeline.children:
+        child.stop()
+    # The broker loses its log: the raw topic starts again empty.
+    admin = AdminClient({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
+    for future in admin.delete_topics([topic], operation_timeout=30).values():
+        future.result(30)
+    ensure_topics(pipeline.settings.kafka.bootstrap_servers, pipeline_topics(pipeline.settings.kafka))
+    # ... and a rollup was added meanwhile: the events replay builds it too.
+    s = pipeline.settings
+    pipeline.settings = s.model_copy(update={"aggregate": s.aggregate.model_copy(
+        update={"rollups": [*s.aggregate.rollups, BY_COUNTRY]})})
+
+    plan = rp.start(pipeline.settings, rp.Request(("events",), source="archive"), dry_run=True, archive=archive)
+    assert isinstance(plan, rp.Plan) and {p.source for p in plan.partitions} == {"archive"}
+    job = rp.start(pipeline.settings, rp.Request(("events",), source="archive"), archive=archive)
+
+    assert isinstance(job, rp.Job)
+    assert job.status == "swapped", job.error
+    assert job.totals()["events"] == 3400 + 2 and job.totals()["duplicates"] == 400
+    assert _digest(pipeline) == before
+    assert pipeline.scalar("SELECT count() FROM dlq FINAL") == letters
+    assert overall(verify(pipeline.ch, pipeline.settings.aggregate.rollups)) == "exact"
