@@ -249,7 +249,7 @@ def admin_projects(ctx: click.Context, key: str | None, project: str | None) -> 
 
 
 _admin_key = click.option("--key", envvar="RV_ADMIN_KEY", default=None,
-                          help="An admin key (env RV_ADMIN_KEY): the operation is limited to its project.")
+                          help="An admin key (env RV_ADMIN_KEY).")
 
 
 @dlq.command("redrive")
@@ -515,6 +515,7 @@ def replay() -> None:
 
 
 @replay.command("start")
+@_admin_key
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--source", type=click.Choice(["kafka", "archive", "auto"]), default="auto", show_default=True,
               help="auto: the archive up to where Kafka's log begins, then Kafka.")
@@ -525,8 +526,10 @@ def replay() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @click.pass_context
 def replay_start(ctx: click.Context, targets: tuple[str, ...], source: str, from_time: str | None,
-                 offsets: str | None, rate: float, archive_url: str | None, dry_run: bool) -> None:
+                 offsets: str | None, rate: float, archive_url: str | None, dry_run: bool,
+                 key: str | None) -> None:
     """Rebuild TARGETS: events, rollups, or rollup:<name> (several)."""
+    admin_projects(ctx, key, None)  # replay rebuilds every project's tables: an operator's work
     from app import replay as rp
     from app.replay.console import job_lines, progress_bar
 
@@ -548,12 +551,15 @@ def replay_start(ctx: click.Context, targets: tuple[str, ...], source: str, from
 
 
 @replay.command("resume")
+@_admin_key
 @click.argument("job_id")
 @click.option("--rate", type=float, default=None, help="Events/s at most; 0: no cap [as started].")
 @click.option("--archive", "archive_url", default=None, help="Raw archive URL [archive.url].")
 @click.pass_context
-def replay_resume(ctx: click.Context, job_id: str, rate: float | None, archive_url: str | None) -> None:
+def replay_resume(ctx: click.Context, job_id: str, rate: float | None, archive_url: str | None,
+                  key: str | None) -> None:
     """Continue JOB_ID from its committed positions (after a crash or a kill)."""
+    admin_projects(ctx, key, None)  # replay rebuilds every project's tables: an operator's work
     from app import replay as rp
     from app.replay.console import job_lines, progress_bar
 
@@ -580,10 +586,12 @@ def replay_status(ctx: click.Context) -> None:
 
 
 @replay.command("cancel")
+@_admin_key
 @click.argument("job_id")
 @click.pass_context
-def replay_cancel(ctx: click.Context, job_id: str) -> None:
+def replay_cancel(ctx: click.Context, job_id: str, key: str | None) -> None:
     """Give up an unfinished job (its generation is marked failed; `gc` drops it)."""
+    admin_projects(ctx, key, None)  # replay rebuilds every project's tables: an operator's work
     from app import replay as rp
 
     job = rp.cancel(_settings(ctx), job_id)
@@ -591,10 +599,12 @@ def replay_cancel(ctx: click.Context, job_id: str) -> None:
 
 
 @replay.command("rollback")
+@_admin_key
 @click.argument("generation", type=int)
 @click.pass_context
-def replay_rollback(ctx: click.Context, generation: int) -> None:
+def replay_rollback(ctx: click.Context, generation: int, key: str | None) -> None:
     """Swap GENERATION out again: the tables it replaced become live (under a fence)."""
+    admin_projects(ctx, key, None)  # replay rebuilds every project's tables: an operator's work
     from app import replay as rp
 
     rp.rollback(_settings(ctx), generation)
@@ -602,10 +612,12 @@ def replay_rollback(ctx: click.Context, generation: int) -> None:
 
 
 @replay.command("gc")
+@_admin_key
 @click.option("--keep", type=int, default=0, show_default=True, help="Retired generations to keep.")
 @click.pass_context
-def replay_gc(ctx: click.Context, keep: int) -> None:
+def replay_gc(ctx: click.Context, keep: int, key: str | None) -> None:
     """Drop the tables of retired generations."""
+    admin_projects(ctx, key, None)  # replay rebuilds every project's tables: an operator's work
     from app import replay as rp
 
     dropped = rp.gc(_settings(ctx), keep)

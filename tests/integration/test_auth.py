@@ -83,6 +83,13 @@ def test_projects_and_keys_from_the_cli(services: Services, tmp_path: Path) -> N
         assert "revoked" in cli(p, "keys", "list").stdout
         missing = cli(p, "keys", "revoke", "nosuchkeyid0")
         assert missing.returncode == 1 and "no key" in missing.stderr
+
+        # Replay rebuilds every project's tables: an operator's work, with an admin key.
+        refused = cli(p, "replay", "start", "events", "--dry-run")
+        assert refused.returncode == 1 and "an admin key is required" in refused.stderr
+        admin = cli(p, "keys", "create", "--project", "alpha", "--kind", "admin").stdout.strip()
+        planned = cli(p, "replay", "start", "events", "--dry-run", "--key", admin)
+        assert planned.returncode == 0, planned.stderr
     finally:
         p.close()
 
