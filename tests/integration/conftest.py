@@ -19,7 +19,11 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, Producer
 
+import schemas
+from agents.codec import BatchWriter
+from agents.schema_registry import register
 from app import clickhouse
+from app.collector.normalize import to_event
 from app.embedded.broker import ensure_topics, pipeline_topics
 from app.embedded.process import ChildProcess, free_port, http_ready, python_module, tcp_ready
 from app.settings import Settings, to_env
@@ -42,6 +46,19 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 60, what: str = "c
         time.sleep(0.2)
     seen = describe() if describe is not None else repr(last)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {seen})")
+
+
+class NotYet:
+    """Why a pipeline has not converged yet: falsy, so `wait_for` keeps polling and shows it."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return self.why
 
 
 @dataclass
@@ -238,3 +255,30 @@ def new_pipeline(services: Services, tmp_path: Path) -> Iterator[Callable[[], Pi
     finally:
         for p in made:
             p.close()
+
+
+def send_event_batches(pipeline: Pipeline, events: list[dict[str, Any]], per_message: int = 100, *,
+                       project: str = "default", library: str | None = None, corrupt: int = 0) -> int:
+    """Collector-format *events* as EventBatch messages of *per_message* straight to events.raw,
+    as a service of *project* writes them (optionally with *library* in each event's context),
+    then *corrupt* messages that cannot be decoded (dead letters). Returns the messages written."""
+    s = pipeline.settings
+    writer = BatchWriter(schemas.EVENT_BATCH, register(s.registry.url, s.kafka.topics.raw, schemas.EVENT_BATCH))
+    producer = Producer({"bootstrap.servers": s.kafka.bootstrap_servers, "linger.ms": 5})
+    failures: list[str] = []
+    now = int(time.time() * 1000)
+    records = [to_event(e, received_at_ms=now, project_id=project) for e in events]
+    if library is not None:
+        for r in records:
+            r["context"]["library"] = library
+    sent = 0
+    for i in range(0, len(records), per_message):
+        producer.produce(s.kafka.topics.raw, value=writer.encode(records[i:i + per_message]),
+                         on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
+        producer.poll(0)
+        sent += 1
+    for i in range(corrupt):
+        producer.produce(s.kafka.topics.raw, value=b"\x00\x00\x00\x00\x09not avro " + bytes([i]))
+        sent += 1
+    assert producer.flush(30) == 0 and not failures, failures
+    return sent

@@ -6,15 +6,10 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Producer
-
-import schemas
-from agents.codec import BatchWriter
-from agents.schema_registry import register
 from app import replay as rp
-from app.collector.normalize import to_event
 from app.verify import overall, verify
 from tests.integration.conftest import Pipeline
+from tests.integration.conftest import send_event_batches as send  # noqa: F401 - the replay tests' name
 
 DAY_MS = 86_400_000
 
@@ -32,29 +27,6 @@ def events_over_days(n: int, days: float, seed: int = 0, phone_every: int = 0) -
                     "timestamp": now - int(days * DAY_MS) + i * int(days * DAY_MS) // n,
                     "event_id": str(uuid.UUID(int=(seed << 64) + i + 1)), "properties": props})
     return out
-
-
-def send(pipeline: Pipeline, events: list[dict[str, Any]], per_message: int = 100,
-         corrupt: int = 0) -> int:
-    """EventBatch messages of *per_message* events to events.raw, plus *corrupt* messages that
-    cannot be decoded (dead letters). Returns the messages written."""
-    s = pipeline.settings
-    writer = BatchWriter(schemas.EVENT_BATCH, register(s.registry.url, s.kafka.topics.raw, schemas.EVENT_BATCH))
-    producer = Producer({"bootstrap.servers": s.kafka.bootstrap_servers, "linger.ms": 5})
-    failures: list[str] = []
-    now = int(time.time() * 1000)
-    records = [to_event(e, received_at_ms=now) for e in events]
-    sent = 0
-    for i in range(0, len(records), per_message):
-        producer.produce(s.kafka.topics.raw, value=writer.encode(records[i:i + per_message]),
-                         on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
-        producer.poll(0)
-        sent += 1
-    for i in range(corrupt):
-        producer.produce(s.kafka.topics.raw, value=b"\x00\x00\x00\x00\x09not avro " + bytes([i]))
-        sent += 1
-    assert producer.flush(30) == 0 and not failures, failures
-    return sent
 
 
 def exact(pipeline: Pipeline, total: int) -> bool:

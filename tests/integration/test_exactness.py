@@ -15,15 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import Producer
 
-import schemas
-from agents.codec import BatchWriter
-from agents.schema_registry import register
-from app.collector.normalize import to_event
 from app.generate import EventGenerator
 from app.verify import RollupReport, verify
-from tests.integration.conftest import Pipeline, wait_for
+from tests.integration.conftest import Pipeline, send_event_batches, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,20 +38,7 @@ def _dataset(n: int, seed: int, span_ms: int, users: int = 200) -> list[dict[str
 
 def _send_kafka(pipeline: Pipeline, events: list[dict[str, Any]], library: str | None = None) -> None:
     """EventBatch messages of 100 events straight to events.raw, as a service would write them."""
-    s = pipeline.settings
-    writer = BatchWriter(schemas.EVENT_BATCH, register(s.registry.url, s.kafka.topics.raw, schemas.EVENT_BATCH))
-    producer = Producer({"bootstrap.servers": s.kafka.bootstrap_servers, "linger.ms": 5})
-    failures: list[str] = []
-    now = int(time.time() * 1000)
-    records = [to_event(e, received_at_ms=now) for e in events]
-    if library is not None:
-        for r in records:
-            r["context"]["library"] = library
-    for i in range(0, len(records), 100):
-        producer.produce(s.kafka.topics.raw, value=writer.encode(records[i:i + 100]),
-                         on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
-        producer.poll(0)
-    assert producer.flush(30) == 0 and not failures, failures
+    send_event_batches(pipeline, events, library=library)
 
 
 def _exact(pipeline: Pipeline, total: int) -> list[RollupReport] | None:

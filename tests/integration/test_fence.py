@@ -18,22 +18,11 @@ from tables import generations, rollup_tables
 from tables.dedup import REPLAYED_OFFSET
 from tables.fence import Fence, FenceLost, FenceTimeout
 from tables.state import REPLAY_PARTITION_BASE
-from tests.integration.conftest import Pipeline, wait_for
+from tests.integration.conftest import NotYet, Pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = {0, 1, 2, 3}
-
-
-class _NotYet:
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return self.why
 
 
 def _send(pipeline: Pipeline, count: int, seed: int, rate: float = 0, at: float | None = None) -> int:
@@ -56,14 +45,14 @@ def _rows(pipeline: Pipeline) -> tuple[int, int]:
     return int(rows), int(ids)
 
 
-def _exact(pipeline: Pipeline, total: int) -> bool | _NotYet:
+def _exact(pipeline: Pipeline, total: int) -> bool | NotYet:
     ids = _rows(pipeline)[1]
     if ids < total:
-        return _NotYet(f"{ids} of {total} events stored")
+        return NotYet(f"{ids} of {total} events stored")
     reports = verify(pipeline.ch, pipeline.settings.aggregate.rollups)
     wrong = [f"{r.rollup}: {r.verdict} ({r.rollup_events} vs {r.raw_events})" for r in reports
              if r.verdict != "exact"]
-    return _NotYet(", ".join(wrong)) if wrong else True
+    return NotYet(", ".join(wrong)) if wrong else True
 
 
 def _validated(pipeline: Pipeline, *workers: str) -> int:

@@ -20,12 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import Producer
 
-import schemas
-from agents.codec import BatchWriter
-from agents.schema_registry import register
-from app.collector.normalize import to_event
 from app.generate import EventGenerator
 from app.verify import verify
 from tables import hll
@@ -41,7 +36,13 @@ from tables.rollup_tables import (
 )
 from tables.rollups import DEFAULT_ROLLUPS, RollupSpec
 from tables.state import PartialState, StateKey
-from tests.integration.conftest import Pipeline, Services, make_pipeline, wait_for
+from tests.integration.conftest import (
+    Pipeline,
+    Services,
+    make_pipeline,
+    send_event_batches,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -219,17 +220,7 @@ def _dataset(n: int, seed: int, now_ms: int) -> list[dict[str, Any]]:
 
 def _send_kafka(pipeline: Pipeline, events: list[dict[str, Any]], project: str) -> None:
     """EventBatch messages straight to events.raw, as a service of *project* writes them."""
-    s = pipeline.settings
-    writer = BatchWriter(schemas.EVENT_BATCH, register(s.registry.url, s.kafka.topics.raw, schemas.EVENT_BATCH))
-    producer = Producer({"bootstrap.servers": s.kafka.bootstrap_servers, "linger.ms": 5})
-    failures: list[str] = []
-    now = int(time.time() * 1000)
-    records = [to_event(e, received_at_ms=now, project_id=project) for e in events]
-    for i in range(0, len(records), 100):
-        producer.produce(s.kafka.topics.raw, value=writer.encode(records[i:i + 100]),
-                         on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
-        producer.poll(0)
-    assert producer.flush(30) == 0 and not failures, failures
+    send_event_batches(pipeline, events, project=project)
 
 
 def _start_api(pipeline: Pipeline, project: str) -> str:

@@ -13,32 +13,19 @@ import schemas
 from agents.schema_registry import register
 from app.generate import EventGenerator, send_kafka
 from app.verify import RollupReport, verify
-from tests.integration.conftest import Pipeline, wait_for
+from tests.integration.conftest import NotYet, Pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-class _NotYet:
-    """Why the pipeline has not converged yet (falsy, so wait_for keeps polling and shows it)."""
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return self.why
-
-
-def _converged(pipeline: Pipeline, total: int) -> list[RollupReport] | _NotYet:
+def _converged(pipeline: Pipeline, total: int) -> list[RollupReport] | NotYet:
     """The verify reports once every event is stored and every rollup agrees with them."""
     stored = pipeline.stored()
     if stored < total:
-        return _NotYet(f"{stored} of {total} events stored")
+        return NotYet(f"{stored} of {total} events stored")
     reports = verify(pipeline.ch, pipeline.settings.aggregate.rollups)
     if any(r.verdict != "exact" for r in reports):
-        return _NotYet(", ".join(f"{r.rollup}: {r.verdict}, e.g. {(r.excess + r.missing)[:2]}"
+        return NotYet(", ".join(f"{r.rollup}: {r.verdict}, e.g. {(r.excess + r.missing)[:2]}"
                                  for r in reports))
     return reports
 
