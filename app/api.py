@@ -44,12 +44,25 @@ import schemas
 from agents.codec import BatchWriter
 from agents.schema_registry import register
 from agents.validate import Validator
-from app import clickhouse, query
+from app import clickhouse, grpc_server, query
+from app.access import (
+    COUNTERS,
+    KEYRING,
+    PRODUCER,
+    READ_LIMIT,
+    SETTINGS,
+    VALIDATOR,
+    WRITE_LIMIT,
+    WRITE_PATHS,
+    CollectorCounters,
+    Unauthorized,
+    charge,
+    principal_of,
+)
 from app.auth import (
     PRINCIPAL,
     Keyring,
     KeyStore,
-    KeysUnavailable,
     Principal,
     RateLimiter,
     bearer,
@@ -74,8 +87,6 @@ from core.exceptions import RearviewError, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 
-PRODUCER = web.AppKey("producer", BatchingProducer)
-SETTINGS = web.AppKey("settings", Settings)
 
 
 class LazyClient:
@@ -109,18 +120,6 @@ def _error(status: int, message: str) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class CollectorCounters:
-    def __init__(self) -> None:
-        self.accepted_events = 0
-        self.responses: dict[tuple[str, int], int] = {}
-
-    def response(self, path: str, status: int) -> None:
-        key = (path, status)
-        self.responses[key] = self.responses.get(key, 0) + 1
-
-
-COUNTERS = web.AppKey("counters", CollectorCounters)
-VALIDATOR = web.AppKey("validator", Validator)
 
 
 @web.middleware
@@ -180,61 +179,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, str(exc))
 
 
-KEYRING = web.AppKey("keyring", Keyring)
-WRITE_LIMIT = web.AppKey("write_limit", RateLimiter)
-READ_LIMIT = web.AppKey("read_limit", RateLimiter)
-_WRITE_PATHS = frozenset(("/v1/track", "/v1/batch"))
-
-
-class Unauthorized(Exception):
-    """401 (no valid key), 403 (a key of the wrong kind) or 429 (over the key's rate)."""
-
-    def __init__(self, status: int, message: str, wait_s: float = 0.0) -> None:
-        super().__init__(message)
-        self.status = status
-        self.wait_s = wait_s
-
-
-def principal_of(app: web.Application, key: str | None, needed: str) -> Principal:
-    """The principal of *key* for an operation of kind *needed*, or Unauthorized (also used
-    by the gRPC collector)."""
-    settings = app[SETTINGS]
-    if not settings.auth.required:
-        return Principal(settings.project_id, "admin", None)
-    try:
-        principal = app[KEYRING].check(key)
-    except KeysUnavailable as exc:
-        raise ServiceUnavailable(str(exc)) from None
-    if principal is None:
-        what = "a write key" if needed == "write" else "a read key"
-        how = ("Authorization: Bearer <key>, or a \"key\" field in the body" if needed == "write"
-               else "Authorization: Bearer <key>")
-        raise Unauthorized(401, f"{what} is required ({how}); this one is missing, unknown or revoked"
-                           if key else f"{what} is required ({how})")
-    if not principal.may(needed):  # type: ignore[arg-type]
-        raise Unauthorized(403, f"a {principal.kind} key cannot {'send events' if needed == 'write' else 'read'}:"
-                                f" use a {needed} key of project {principal.project_id!r}")
-    return principal
-
-
-def charge(app: web.Application, principal: Principal, cost: float = 1.0) -> None:
-    """Take *cost* from the key's rate (events for a write key, else requests): Unauthorized
-    429 when over it."""
-    if principal.key_id is None:
-        return
-    limiter = app[WRITE_LIMIT if principal.kind == "write" else READ_LIMIT]
-    wait_s = limiter.take(principal.key_id, cost)
-    if wait_s > 0:
-        raise Unauthorized(429, f"key {principal.key_id} is over its rate of {limiter.rate:g}"
-                                f" {'events' if principal.kind == 'write' else 'requests'} a second", wait_s)
-
-
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Read endpoints need a read key; the collector's write key may be in the body, so
     `track` and `batch` check theirs (`_writer`)."""
     path = request.path
-    if path.startswith("/v1/") and path not in _WRITE_PATHS:
+    if path.startswith("/v1/") and path not in WRITE_PATHS:
         principal = principal_of(request.app, bearer(request.headers.get("Authorization")), "read")
         charge(request.app, principal)
         request[PRINCIPAL] = principal
@@ -439,8 +389,6 @@ def create_app(settings: Settings) -> web.Application:
 
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)
-    from app import grpc_server  # imports this module: not at the top
-
     grpc_server.install(app)
     app.router.add_post("/v1/track", track)
     app.router.add_post("/v1/batch", batch)

@@ -37,7 +37,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from app.api import COUNTERS, PRODUCER, SETTINGS, VALIDATOR, Unauthorized, charge, principal_of
+from app.access import COUNTERS, PRODUCER, SETTINGS, VALIDATOR, Unauthorized, charge, principal_of
 from app.auth import Principal, bearer, retry_after
 from app.collector.normalize import BadEvent, to_event
 from app.settings import Settings
