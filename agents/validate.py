@@ -218,14 +218,28 @@ class Validator:
                 )
         return result
 
+    def _project(self, record: dict[str, Any]) -> str:
+        """The record's project (``default`` when it names none), or _Reject."""
+        r = self.rules
+        project_id = record.get("project_id")
+        if not isinstance(project_id, str) or not project_id:
+            return "default"
+        if len(project_id) > r.max_project_id_length:
+            raise _Reject(
+                "InvalidField", f"project_id is longer than {r.max_project_id_length} characters"
+            )
+        if not self._project_re.match(project_id):
+            raise _Reject("InvalidField", f"project_id {project_id!r} does not match {r.project_id_pattern}")
+        return project_id
+
     def _project_of(self, record: Any) -> str | None:
         """The project a rejected record names, if it is well formed (for its dead letter)."""
-        project_id = record.get("project_id") if isinstance(record, dict) else None
-        if not isinstance(project_id, str) or not project_id:
-            return "default" if isinstance(record, dict) else None
-        if len(project_id) > self.rules.max_project_id_length or not self._project_re.match(project_id):
+        if not isinstance(record, dict):
             return None
-        return project_id
+        try:
+            return self._project(record)
+        except _Reject:
+            return None
 
     def check(self, record: dict[str, Any], now_ms: int) -> str | None:
         """Why *record* (an Event record) would be dead-lettered, or None: the collector asks
@@ -298,15 +312,7 @@ class Validator:
         user_id = _required_str(record, "user_id")
         if len(user_id) > r.max_user_id_length:
             raise _Reject("InvalidField", f"user_id is longer than {r.max_user_id_length} characters")
-        project_id = record.get("project_id")
-        if not isinstance(project_id, str) or not project_id:
-            project_id = "default"
-        elif len(project_id) > r.max_project_id_length:
-            raise _Reject(
-                "InvalidField", f"project_id is longer than {r.max_project_id_length} characters"
-            )
-        elif not self._project_re.match(project_id):
-            raise _Reject("InvalidField", f"project_id {project_id!r} does not match {r.project_id_pattern}")
+        project_id = self._project(record)
 
         timestamp = record.get("timestamp")
         if type(timestamp) is not int:

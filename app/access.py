@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from agents.validate import Validator
-from app.auth import Keyring, KeysUnavailable, Principal, RateLimiter
+from app.auth import Keyring, KeysUnavailable, Kind, Principal, RateLimiter
 from app.collector.producer import BatchingProducer
 from app.settings import Settings
 from core.exceptions import ServiceUnavailable
@@ -47,7 +47,7 @@ class Unauthorized(Exception):
         self.wait_s = wait_s
 
 
-def principal_of(app: web.Application, key: str | None, needed: str) -> Principal:
+def principal_of(app: web.Application, key: str | None, needed: Kind) -> Principal:
     """The principal of *key* for an operation of kind *needed*, or Unauthorized (also used
     by the gRPC collector)."""
     settings = app[SETTINGS]
@@ -63,7 +63,7 @@ def principal_of(app: web.Application, key: str | None, needed: str) -> Principa
                else "Authorization: Bearer <key>")
         raise Unauthorized(401, f"{what} is required ({how}); this one is missing, unknown or revoked"
                            if key else f"{what} is required ({how})")
-    if not principal.may(needed):  # type: ignore[arg-type]
+    if not principal.may(needed):
         raise Unauthorized(403, f"a {principal.kind} key cannot {'send events' if needed == 'write' else 'read'}:"
                                 f" use a {needed} key of project {principal.project_id!r}")
     return principal

@@ -154,11 +154,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except Unauthorized as exc:
         _refused(exc.status, exc, request.path)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        if exc.status == 429:
-            headers["Retry-After"] = retry_after(exc.wait_s)
-        return web.Response(body=orjson.dumps({"error": str(exc)}), status=exc.status,
-                            content_type="application/json", headers=headers)
+        response = _error(exc.status, str(exc))
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        elif exc.status == 429:
+            response.headers["Retry-After"] = retry_after(exc.wait_s)
+        return response
     except BadQuery as exc:
         _refused(400, exc, request.path)
         return _json({"error": str(exc), "field": exc.field}, 400)

@@ -100,6 +100,14 @@ class Principal:
             return self.kind in ("read", "admin")
         return self.kind == "admin"
 
+    def letter_projects(self) -> tuple[str, ...] | None:
+        """The projects whose dead letters this principal sees (None: every one, keys off).
+        An admin key, an operator's, also sees the letters no project can be told for ('':
+        a message that could not be decoded)."""
+        if self.key_id is None:
+            return None
+        return (self.project_id, "") if self.kind == "admin" else (self.project_id,)
+
 
 # The request's Principal, set by the API's auth middleware before any /v1/ handler runs.
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -244,14 +252,13 @@ class Keyring:
                             keeping=len(self._keys) if self._keys is not None else 0)
             self.failures += 1
             return
-        with self._lock:
-            self._keys = {k.key_id: k for k in keys}
-            self.loaded_at = time.monotonic()
+        self.set(keys)
         if self.failures:
             log.info("keys_reloaded", after_failures=self.failures)
         self.failures = 0
 
     def set(self, keys: list[ApiKey]) -> None:
+        """Replace the keys held (what `refresh` loaded, or a one-off check's)."""
         with self._lock:
             self._keys = {k.key_id: k for k in keys}
             self.loaded_at = time.monotonic()

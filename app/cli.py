@@ -243,9 +243,11 @@ def admin_projects(ctx: click.Context, key: str | None, project: str | None) -> 
         raise click.ClickException(
             "an admin key is required (--key or RV_ADMIN_KEY; `rearview keys create --kind admin`)"
             if principal is None else f"a {principal.kind} key cannot do this: use an admin key")
-    if project is not None and project not in (principal.project_id, ""):
+    allowed = principal.letter_projects()
+    assert allowed is not None
+    if project is not None and project not in allowed:
         raise click.ClickException(f"this admin key is project {principal.project_id!r}'s, not {project!r}'s")
-    return (project,) if project is not None else (principal.project_id, "")
+    return (project,) if project is not None else allowed
 
 
 _admin_key = click.option("--key", envvar="RV_ADMIN_KEY", default=None,

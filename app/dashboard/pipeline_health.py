@@ -286,15 +286,11 @@ async def pipeline(request: web.Request) -> web.Response:
     that could not be decoded). Without keys, everything."""
     sources = request.app[SOURCES]
     principal: Principal = request[PRINCIPAL]
-    operator = principal.kind == "admin"
     began = time.perf_counter()
     timeout = sources.settings.dashboard.scrape_timeout_s
-    urls = metrics_urls(sources.settings) if operator else []
-    projects: tuple[str, ...] | None = (
-        None if principal.key_id is None
-        else (principal.project_id, "") if operator else (principal.project_id,))
+    urls = metrics_urls(sources.settings) if principal.kind == "admin" else []
     *workers, dlq = await asyncio.gather(*(scrape(sources.session(), u, timeout) for u in urls),
-                                         _dead_letters(sources, projects))
+                                         _dead_letters(sources, principal.letter_projects()))
     body = summary(list(workers), dlq)
     body["elapsed_ms"] = round((time.perf_counter() - began) * 1000, 1)
     return web.Response(body=orjson.dumps(body), content_type="application/json")

@@ -77,6 +77,8 @@ def test_what_each_kind_may_do() -> None:
     assert read.may("read") and not read.may("write") and not read.may("admin")
     assert admin.may("read") and admin.may("admin") and not admin.may("write")
     assert Principal("p", "admin", None).may("write")  # keys off: one principal does everything
+    assert read.letter_projects() == ("p",) and admin.letter_projects() == ("p", "")
+    assert Principal("p", "admin", None).letter_projects() is None
 
 
 def test_the_bearer_token_of_an_authorization_header() -> None:
