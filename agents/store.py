@@ -66,6 +66,7 @@ from tables import fence as fences
 from tables.aggregate import Aggregator, MissingStates
 from tables.columns import int64
 from tables.dedup import REPLAYED_OFFSET, Deduper, ids_from_strings, pack_position
+from tables.logs import NO_EPOCH, LogBases
 from tables.state import StateKey
 
 log = structlog.get_logger(__name__)
@@ -195,6 +196,7 @@ class StoreDeps:
     stages: StageWatch = field(default_factory=StageWatch)
     clock: Callable[[], float] = time.time
     fence: FenceLink | None = None  # None: no replay hand-over (nothing polls for fences)
+    log: LogBases = NO_EPOCH  # stored positions are base + offset (tables/logs.py)
 
 
 _CANONICAL_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -304,7 +306,8 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
                 await begin(msg.partition)
                 if not current(msg.partition):
                     continue
-            meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
+            offset = deps.log.logical(msg.topic, msg.partition, msg.offset)
+            meta = SourceMeta(msg.topic, msg.partition, offset, int(msg.timestamp * 1000))
             try:
                 block = decode_block(msg.value or b"")
                 ts = int64(block.column("ts"), "ts")
@@ -319,7 +322,7 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
                 continue
             n = block.num_rows
             id_strings = block.column("event_id").to_pylist()
-            positions = pack_position(msg.offset, np.arange(n))
+            positions = pack_position(offset, np.arange(n))
             verdict = dedup.check(msg.partition, ids_from_strings(id_strings), positions, now_ms)
             keep = verdict.keep.copy()
             # A first copy within the horizon may still copy an event stored before it (a
@@ -339,12 +342,12 @@ def install(app: faust.App, deps: StoreDeps, offsets: OffsetKeeper) -> None:
             fresh = np.flatnonzero(keep & ~verdict.stored)
             if len(fresh):
                 rows = block.take(pa.array(fresh))
-                rows = rows.append_column("_clean_offset", pa.array(np.full(len(fresh), msg.offset), pa.uint64()))
+                rows = rows.append_column("_clean_offset", pa.array(np.full(len(fresh), offset), pa.uint64()))
                 rows = rows.append_column("_clean_index", pa.array(fresh, pa.uint32()))
                 inserts.append(rows)
             if agg is not None and len(kept):
                 applies.append((block.take(pa.array(kept)) if len(kept) < n else block,
-                                msg.partition, msg.offset, kept, began[msg.partition]))
+                                msg.partition, offset, kept, began[msg.partition]))
         if bad:
             await deps.dead_letter(bad)
         if inserts:

@@ -37,6 +37,7 @@ from agents.sink import RowsWriter, encode_blocks
 from agents.stages import StageWatch
 from agents.validate import Validator
 from tables.dedup import event_partition
+from tables.logs import NO_EPOCH, LogBases
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +72,7 @@ class WorkerDeps:
     dlq_writer: RowsWriter | None = None  # the queryable `dlq` table; None: Kafka only
     counters: Counters = field(default_factory=Counters)
     stages: StageWatch = field(default_factory=StageWatch)  # retrying stages, for /health
+    log: LogBases = NO_EPOCH  # stored positions are base + offset (tables/logs.py)
 
 
 def _schema_ids(values: Sequence[bytes]) -> set[int]:
@@ -129,7 +131,8 @@ def validate_batch(
     dead: list[Invalid] = []
     for event in events:
         msg = event.message
-        meta = SourceMeta(msg.topic, msg.partition, msg.offset, int(msg.timestamp * 1000))
+        meta = SourceMeta(msg.topic, msg.partition, deps.log.logical(msg.topic, msg.partition, msg.offset),
+                          int(msg.timestamp * 1000))
         clean, invalid = validate_record(msg.value, msg.key, msg.headers, meta, deps.validator,
                                          deps.redactor, deps.schemas.known, now_ms,
                                          deps.counters.redactions)
@@ -211,7 +214,8 @@ def install(app: faust.App, deps: WorkerDeps, offsets: OffsetKeeper) -> None:
                     ids = {int(h[dlq.H_SCHEMA_ID]) for h in parsed if h.get(dlq.H_SCHEMA_ID, "").isdigit()}
                     await _retry_forever("dlq_registry", lambda: deps.schemas.ensure(ids), deps)
                     rows = [
-                        dlq.letter_row(e.message.partition, e.message.offset,
+                        dlq.letter_row(e.message.partition,
+                                       deps.log.logical(e.message.topic, e.message.partition, e.message.offset),
                                        int(e.message.timestamp * 1000), e.message.value or b"", h,
                                        letter_preview(e.message.value, h, deps))
                         for e, h in zip(events, parsed, strict=True)

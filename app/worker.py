@@ -47,6 +47,10 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         )
 
     stages = StageWatch()
+    # Positions are stored as base + offset (tables/logs.py): read the bases before any agent runs.
+    bases = clickhouse.log_bases(settings.clickhouse)
+    if bases.epoch:
+        log.info("log_epoch", epoch=bases.epoch, bases=bases.describe())
     deps = WorkerDeps(
         stages=stages,
         validator=Validator(settings.validation.rules()),
@@ -62,6 +66,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         take_within_s=w.take_within_s,
         retry_initial_s=w.retry_initial_s,
         retry_max_s=w.retry_max_s,
+        log=bases,
     )
     app = create_app(settings, web_host, web_port)
     offsets = OffsetKeeper(app, OffsetLedger(readers(deps)), settings.kafka.bootstrap_servers,
@@ -86,6 +91,7 @@ def build(settings: Settings, web_host: str, web_port: int) -> tuple[faust.App, 
         retry_initial_s=w.retry_initial_s,
         retry_max_s=w.retry_max_s,
         fence=FenceLink(ClickHouseCalls(ch_client), w.fence_heartbeat_s),
+        log=bases,
     )
     install_store(app, store, offsets)
     offsets.install()
