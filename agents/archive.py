@@ -273,6 +273,26 @@ class Archive:
         files = self.partition_files(topic, partition)
         return max((f.last_offset for f in files), default=-1) + 1
 
+    def holes(self, topic: str, partition: int, start: int, stop: int) -> list[tuple[int, int]]:
+        """The ranges [lo, hi) within [start, stop) that no file of the partition covers.
+
+        Within one log the files follow each other; across log epochs (tables/logs.py) a hole
+        is a range an earlier log held but did not archive before it ended.
+        """
+        out: list[tuple[int, int]] = []
+        at = start
+        for f in self.partition_files(topic, partition):
+            if f.last_offset < at:
+                continue
+            if f.first_offset >= stop:
+                break
+            if f.first_offset > at:
+                out.append((at, f.first_offset))
+            at = f.last_offset + 1
+        if at < stop:
+            out.append((at, stop))
+        return out
+
     def first_offset_at(self, topic: str, partition: int, timestamp_ms: int) -> int | None:
         """The first offset whose file may hold records at or after *timestamp_ms*.
 

@@ -13,11 +13,14 @@ archiver seeks to the archive's own `next_offset` (the files are the truth; the 
 lag figures and operators). A crash between writing a file and committing re-reads records the
 archive already holds, and the seek skips them, so files never overlap and nothing is missed.
 
-Resuming also checks that the log is the one the archive was filled from: it re-reads the last
-archived record and compares it. A broker that lost its log (the embedded broker keeps it in
-memory) and numbers new records from 0 again would otherwise have its new records mixed under
-old offsets; the archiver stops with an error instead (`rearview up` moves the previous log's
-archive aside before it starts a fresh broker).
+Offsets in the archive are *positions* (tables/logs.py): the broker's offset plus the current log
+epoch's base. The embedded broker begins a new log at every start of `rearview up`, which begins
+a new epoch whose bases lie past everything archived, so the archive goes on as one sequence
+across logs and a replay reads the earlier logs from it. Resuming checks that the log is the one
+the archive was filled from: it re-reads the last archived record and compares it. A broker that
+lost its log without a new epoch (numbering records from 0 again under the same bases) would
+otherwise have its new records mixed under old positions; the archiver stops with an error
+instead.
 
 Failures: Kafka unreachable is librdkafka's to retry (the loop keeps polling, and logs the
 outage every so often); the archive's filesystem failing is retried with backoff for as long as
@@ -40,9 +43,12 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from agents.archive import Archive, RawRecord
+from app import clickhouse
 from app.settings import ArchiveSettings, Settings
 from core.exceptions import RearviewError
 from core.retry import Backoff
+from tables import logs
+from tables.logs import LogBases
 
 log = structlog.get_logger(__name__)
 
@@ -87,8 +93,8 @@ def record_size(record: RawRecord) -> int:
     return size + sum(len(k) + len(v or b"") for k, v in record.headers)
 
 
-def raw_record(msg: Message) -> RawRecord:
-    """A consumed message as the archive keeps it."""
+def raw_record(msg: Message, base: int = 0) -> RawRecord:
+    """A consumed message as the archive keeps it, at position *base* + its offset."""
     kind, ts = msg.timestamp()
     headers: list[tuple[str, bytes]] = []
     for header in msg.headers() or ():
@@ -96,7 +102,7 @@ def raw_record(msg: Message) -> RawRecord:
         headers.append((str(name), value.encode() if isinstance(value, str) else value or b""))
     return RawRecord(
         partition=int(msg.partition() or 0),
-        offset=int(msg.offset() or 0),
+        offset=base + int(msg.offset() or 0),
         timestamp_ms=int(ts) if kind != 0 else -1,  # 0: TIMESTAMP_NOT_AVAILABLE
         key=msg.key(),
         value=msg.value(),
@@ -108,8 +114,10 @@ class Archiver:
     """Consume the raw topic and archive it; `run` returns after `stop` (or raises LogMismatch)."""
 
     def __init__(self, settings: Settings, archive: Archive | None = None,
-                 on_file: Callable[[int, int, int], None] | None = None) -> None:
+                 on_file: Callable[[int, int, int], None] | None = None,
+                 bases: LogBases | None = None) -> None:
         self.settings = settings
+        self._bases = bases  # None: the current epoch's, read from ClickHouse when run starts
         self.policy = settings.archive
         self.topic = settings.kafka.topics.raw
         self.archive = archive or open_archive(settings.archive)
@@ -124,9 +132,14 @@ class Archiver:
     def stop(self) -> None:
         self._stop.set()
 
+    def _base(self, partition: int) -> int:
+        return self._bases.base(self.topic, partition) if self._bases is not None else 0
+
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
         kafka = self.settings.kafka
+        if self._bases is None:
+            self._bases = clickhouse.log_bases(self.settings.clickhouse)
         consumer = Consumer({
             "bootstrap.servers": kafka.bootstrap_servers,
             "group.id": archive_group(self.settings),
@@ -170,7 +183,7 @@ class Archiver:
         expected = self._expected.get(partition)
         if expected is None:
             return  # a message of a partition no longer assigned
-        record = raw_record(msg)
+        record = raw_record(msg, self._base(partition))
         if partition in self._verify:
             self._check_resume(partition, record)
         if record.offset < expected:
@@ -210,13 +223,14 @@ class Archiver:
         """The archive's next offset is outside the log: below its start (retention deleted
         records first: a gap) or above its end (the log is not the archived one)."""
         expected = self._expected.get(partition, 0)
-        low, _high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), 10)
+        local_low, _high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), 10)
+        low = self._base(partition) + local_low
         if low > expected:
             log.error("archive_gap", topic=self.topic, partition=partition, missing_from=expected,
                       missing_to=low - 1, reason="below the log start (retention)")
             self._expected[partition] = low
             self._verify.pop(partition, None)
-            consumer.seek(TopicPartition(self.topic, partition, low))
+            consumer.seek(TopicPartition(self.topic, partition, local_low))
             return
         raise LogMismatch(
             f"{self.topic} partition {partition} ends below the archive's next offset {expected}"
@@ -230,16 +244,22 @@ class Archiver:
                                       partial(self.archive.next_offset, self.topic, partition))
             if next_offset is None:
                 return  # stopping
+            base = self._base(partition)
+            if next_offset < base:  # the earlier logs ended before these were archived
+                log.error("archive_gap", topic=self.topic, partition=partition, missing_from=next_offset,
+                          missing_to=base - 1, reason="an earlier log ended before they were archived")
+            next_offset = max(next_offset, base)
             last: RawRecord | None = None
-            if next_offset > 0:
+            if next_offset > base:  # compare the last archived record of this log on resume
                 batches = self._retry("reading the last archived record", partial(
                     lambda p, n: list(self.archive.read(self.topic, p, n - 1, n)), partition, next_offset))
                 last = batches[0][0] if batches and batches[0] else None
             self._expected[tp.partition] = next_offset
             self._verify[tp.partition] = last
             self._buffers[tp.partition] = PartitionBuffer()
-            tp.offset = next_offset - 1 if last is not None else next_offset
-            log.info("archive_resume", topic=self.topic, partition=tp.partition, offset=next_offset)
+            tp.offset = next_offset - base - (1 if last is not None else 0)
+            log.info("archive_resume", topic=self.topic, partition=tp.partition, offset=next_offset,
+                     broker_offset=tp.offset)
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -279,7 +299,8 @@ class Archiver:
         if self.on_file is not None:
             self.on_file(partition, written.first_offset, written.last_offset)
         try:
-            consumer.commit(offsets=[TopicPartition(self.topic, partition, written.last_offset + 1)],
+            consumer.commit(offsets=[TopicPartition(self.topic, partition,
+                                                    written.last_offset + 1 - self._base(partition))],
                             asynchronous=False)
         except KafkaException as exc:  # the files are the truth; the next commit covers this one
             if self._kafka_backoff.should_log():
@@ -454,6 +475,9 @@ def status(settings: Settings, output: str = "table") -> None:
             settings.kafka.producer_config, timeout_s=5)
     except ServiceUnavailable as exc:
         committed, kafka_error = None, str(exc)
+    if committed:  # the broker's offsets, as positions of the current log epoch (tables/logs.py)
+        bases = clickhouse.log_bases(settings.clickhouse, wait_s=5)
+        committed = {p: bases.logical(topic, p, o) for p, o in committed.items()}
     try:
         rows = archive_status(archive, topic, settings.kafka.topics.partitions, committed)
     except OSError as exc:
@@ -465,25 +489,24 @@ def status(settings: Settings, output: str = "table") -> None:
         print_status(rows, topic, settings.archive.url, kafka_error)
 
 
-def retire_previous_log(settings: Settings) -> str | None:
-    """Move the archive of a previous broker's log aside; the new path, or None if none.
+def begin_log_epoch(settings: Settings) -> LogBases:
+    """Begin a new log epoch (tables/logs.py), for a broker whose log is new.
 
-    For `rearview up` only: its broker keeps the log in memory, so each start begins a new log
-    whose offsets start at 0 again, and the previous log's files would collide with it. The
-    previous log stays readable as the topic ``<topic>.before-<time>`` of the same archive
-    (``Archive(url).read("events.raw.before-20261201T101500Z", ...)``) and in ClickHouse's
-    ``file()``. Only local archives are moved (an object store has no cheap rename).
+    For `rearview up`: its broker keeps the log in memory, so each start begins a new log whose
+    offsets start at 0 again. The new epoch's bases put its positions past everything the
+    tables store and the archive holds (when archiving is on), so the archive goes on as one
+    sequence of positions across logs and a replay reads the earlier logs from it.
     """
-    from datetime import UTC, datetime
-
-    archive = open_archive(settings.archive)
-    topic = settings.kafka.topics.raw
-    if not archive.local or not any(archive.files(topic).values()):
-        return None
-    import os
-
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = f"{archive.root}/{topic}.before-{stamp}"
-    os.replace(f"{archive.root}/{topic}", target)
-    log.info("archive_previous_log_retired", topic=topic, moved_to=target)
-    return target
+    topics = settings.kafka.topics
+    archived: dict[tuple[str, int], int] = {}
+    if settings.archive.enabled:
+        archive = open_archive(settings.archive)
+        archived = {(topics.raw, p): archive.next_offset(topics.raw, p) for p in range(topics.partitions)}
+    client = clickhouse.connect(settings.clickhouse)
+    try:
+        bases = logs.begin_epoch(client, logs.Topics(topics.raw, topics.clean, topics.dlq, topics.partitions),
+                                 archived)
+    finally:
+        client.close()
+    log.info("log_epoch_begun", epoch=bases.epoch, bases=bases.describe())
+    return bases

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -32,10 +32,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from agents import dlq, oversize
 from core.exceptions import RearviewError, ServiceUnavailable
+from tables.logs import load_bases
 
 # What redrive's producer accepts on its side: a letter may be as large as the raw topic
 # accepted, which is the broker's to say. A letter it refuses is reported, not retried.
 MAX_REDRIVE_BYTES = 256 * 1024 * 1024
+
+_EARLIER_LOG = ("its bytes were in an earlier log of the broker, which no longer has them"
+                " (the embedded broker keeps its log in memory)")
 
 
 @dataclass(frozen=True)
@@ -289,10 +293,20 @@ def redrive(
                 f"redrive: Kafka did not acknowledge {unsent + len(failures)} letters ({failures[:1]});"
                 " those acknowledged are recorded, run the redrive again for the rest")
 
-    positions = [(int(r["dlq_partition"]), int(r["dlq_offset"])) for r in letters]
+    # The table holds positions (tables/logs.py); the broker has only its current log's letters.
+    bases = load_bases(client)
+    positions = []
+    for r in letters:
+        p, o = int(r["dlq_partition"]), int(r["dlq_offset"])
+        if bases.local(dlq_topic, p, o) < 0:
+            result.unreadable.append(((p, o), _EARLIER_LOG))
+        else:
+            positions.append((p, bases.local(dlq_topic, p, o)))
+    broker_unreadable: list[tuple[tuple[int, int], str]] = []
     try:
-        for letter in whole_letters(bootstrap_servers, dlq_topic, positions, result.unreadable):
-            p, o = letter.position
+        for read in whole_letters(bootstrap_servers, dlq_topic, positions, broker_unreadable):
+            p, o = read.position[0], bases.logical(dlq_topic, *read.position)
+            letter = replace(read, position=(p, o))
             kwargs = {"key": letter.key, "value": letter.value,
                       "headers": dlq.redrive_headers(letter.headers, f"{p}:{o}"),
                       "on_delivery": delivered(letter.position)}
@@ -315,5 +329,7 @@ def redrive(
         with contextlib.suppress(Exception):  # record what was acknowledged, keep the first error
             settle()
         raise
+    finally:
+        result.unreadable += [((p, bases.logical(dlq_topic, p, o)), why) for (p, o), why in broker_unreadable]
     settle()
     return result

@@ -106,17 +106,17 @@ class Stack:
             raise click.ClickException(f"migrate failed; see {migrate.log_path}")
         migrate.stop()
         click.echo("  migrations applied")
+        # This broker's log is new: positions go on past the earlier logs' (tables/logs.py).
+        from app.archive import begin_log_epoch
+
+        bases = begin_log_epoch(self.settings)
+        click.echo(f"  log epoch {bases.epoch} (positions continue after the earlier logs')")
         if self.settings.auth.required:
             self.keys = demo_keys(self.settings, self.data_dir / "demo_keys.json")
         self._start(self._child(
             "worker", "worker", "--host", h, "--port", str(self.worker_port),
             ready_url=f"http://{h}:{self.worker_port}/health"))
         if self.settings.archive.enabled:
-            from app.archive import retire_previous_log
-
-            moved = retire_previous_log(self.settings)
-            if moved:
-                click.echo(f"  the previous log's archive is kept in {moved}")
             # No port to probe: ready once it runs (a failure to start shows as its death).
             self._start(ChildProcess("archiver", python_module("app.cli", "archive", "run"),
                                      ready=lambda: True, env=self.env,

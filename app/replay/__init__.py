@@ -39,6 +39,7 @@ from app.replay.plan import (
 from app.replay.sources import low_watermarks, topic_partitions
 from app.settings import Settings
 from tables import generations
+from tables.logs import load_bases
 
 __all__ = ["Job", "Plan", "ReplayError", "Request", "gc", "make_plan", "resume", "rollback", "start", "status"]
 
@@ -98,7 +99,7 @@ def make_plan(settings: Settings, request: Request, archive: Archive | None, cli
         ranges = {p: (found[p], None) for p in partitions if p in found}
         if not ranges:
             raise ReplayError(f"nothing stored was received at or after {request.from_time}")
-    low = low_watermarks(settings.kafka.bootstrap_servers, topic, partitions)
+    low = low_watermarks(settings.kafka.bootstrap_servers, topic, partitions, load_bases(client))
     archive_next = {p: archive.next_offset(topic, p) for p in partitions} if archive is not None else None
 
     def archived(p: int, start: int, stop: int | None) -> int:
@@ -112,12 +113,33 @@ def make_plan(settings: Settings, request: Request, archive: Archive | None, cli
 
     logs = Logs(low, archive_next, archived if archive is not None else None)
     plans = plan_events(sorted(ranges), request.source, logs, ranges, stored_counts(client, topic, ranges))
+    if archive is not None:
+        _refuse_lost_positions(archive, client, topic, plans)
     if request.source == "auto" and any(p.source != "kafka" for p in plans):
         notes.append("the archive up to where Kafka's log begins, Kafka after it")
     if any(p.estimated_events == 0 for p in plans):
         notes.append("estimates come from the events and dlq tables and the archive index (archived"
                      " records are messages: a batch message holds many events)")
     return Plan(targets, request.source, plans, tuple(notes))
+
+
+def _refuse_lost_positions(archive: Archive, client: Client, topic: str, plans: tuple[PartitionPlan, ...]) -> None:
+    """Refuse a plan whose archive range has a hole that events or dead letters were stored
+    from: an earlier log ended before the archiver wrote them (tables/logs.py), so the rebuilt
+    table would lack them. A hole nothing was stored from loses nothing."""
+    for plan in plans:
+        if plan.source == "kafka":
+            continue
+        stop = plan.switch_at if plan.source == "archive+kafka" else plan.stop
+        if stop is None:
+            continue
+        for lo, hi in archive.holes(topic, plan.partition, plan.start, stop):
+            stored = stored_counts(client, topic, {plan.partition: (lo, hi)})[plan.partition]
+            if stored:
+                raise ReplayError(
+                    f"partition {plan.partition}: positions {lo}..{hi - 1} are in neither the archive nor"
+                    f" Kafka (an earlier log ended before they were archived), yet {stored:,} events and"
+                    " dead letters were stored from them; a rebuilt table would lose them")
 
 
 def start(settings: Settings, request: Request, *, dry_run: bool = False, archive: Archive | None = None,

@@ -50,6 +50,7 @@ from tables import generations
 from tables.aggregate import Aggregator
 from tables.dedup import INDEX_BITS, REPLAYED_OFFSET, Deduper
 from tables.fence import Fence
+from tables.logs import load_bases
 from tables.state import replay_partition
 
 log = structlog.get_logger(__name__)
@@ -218,8 +219,9 @@ class _EventsRun:
         self.schemas = SchemaCache(s.registry.url, topic=s.kafka.topics.raw,
                                    reader_ttl_s=s.registry.reader_ttl_s)
         self.loop = asyncio.new_event_loop()
+        self.bases = load_bases(client)
         self.letters = Letters(rt.client, s.kafka.bootstrap_servers, s.kafka.topics.dlq,
-                               self.schemas.get, self.redactor, s.kafka.producer_config)
+                               self.schemas.get, self.redactor, s.kafka.producer_config, self.bases)
         self.checkpoints = _Checkpoints(rt, job, client, tables, self.aggregator)
         self.pacer = _Pacer(job.limit_rate)
         self._kafka: Iterator[list[RawRecord]] | None = None
@@ -248,7 +250,7 @@ class _EventsRun:
             yield from ArchiveSource(self.rt.archive, s.kafka.topics.raw).read(archive_ranges)
         if kafka_ranges:
             yield from KafkaSource(s.kafka.bootstrap_servers, s.kafka.topics.raw,
-                                   s.replay.fetch_messages).read(kafka_ranges)
+                                   s.replay.fetch_messages, bases=self.bases).read(kafka_ranges)
 
     def pump(self) -> None:
         """Read and process until caught up (Kafka quiet for `quiet_s`, or every bounded

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from agents.archive import Archive, RawRecord
 from app.replay.jobs import ReplayError
+from tables.logs import NO_EPOCH, LogBases
 
 Batch = list[RawRecord]
 
@@ -37,14 +38,16 @@ def _consumer(bootstrap: str, extra: dict[str, Any] | None = None) -> Consumer:
     })
 
 
-def low_watermarks(bootstrap: str, topic: str, partitions: list[int], timeout_s: float = 10.0) -> dict[int, int]:
-    """Where each partition's log begins (reliable, unlike the high watermark)."""
+def low_watermarks(bootstrap: str, topic: str, partitions: list[int], bases: LogBases = NO_EPOCH,
+                   timeout_s: float = 10.0) -> dict[int, int]:
+    """The position where each partition's log begins (its low watermark, which is reliable,
+    unlike the high one, plus the log epoch's base)."""
     consumer = _consumer(bootstrap)
     try:
         out = {}
         for p in partitions:
             low, _high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            out[p] = max(0, int(low))
+            out[p] = bases.logical(topic, p, max(0, int(low)))
         return out
     finally:
         consumer.close()
@@ -63,13 +66,15 @@ def topic_partitions(bootstrap: str, topic: str, timeout_s: float = 10.0) -> lis
 
 
 class KafkaSource:
-    """Reads [start, stop) of each partition (stop None: until caught up)."""
+    """Reads positions [start, stop) of each partition (stop None: until caught up). Positions
+    are the broker's offsets plus the log epoch's *bases* (tables/logs.py), in and out."""
 
     def __init__(self, bootstrap: str, topic: str, fetch_messages: int = 2000,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, bases: LogBases = NO_EPOCH) -> None:
         self._bootstrap, self._topic = bootstrap, topic
         self._fetch = fetch_messages
         self._extra = extra
+        self._bases = bases
 
     def read(self, ranges: dict[int, tuple[int, int | None]], idle_s: float = 0.2) -> Iterator[Batch]:
         """Batches until every bounded partition reached its stop; open partitions never end
@@ -77,9 +82,15 @@ class KafkaSource:
         active = {p: r for p, r in ranges.items() if r[1] is None or r[0] < r[1]}
         if not active:
             return
+        base = {p: self._bases.base(self._topic, p) for p in active}
+        for p, (start, _) in active.items():
+            if start < base[p]:
+                raise ReplayError(
+                    f"partition {p}: positions {start}..{base[p] - 1} belong to an earlier log, which"
+                    f" Kafka no longer has (this log begins at {base[p]}); replay with --source auto")
         consumer = _consumer(self._bootstrap, self._extra)
         try:
-            consumer.assign([TopicPartition(self._topic, p, start) for p, (start, _) in active.items()])
+            consumer.assign([TopicPartition(self._topic, p, start - base[p]) for p, (start, _) in active.items()])
             stops = {p: stop for p, (_, stop) in active.items()}
             expected = {p: start for p, (start, _) in active.items()}
             done: set[int] = set()
@@ -89,7 +100,8 @@ class KafkaSource:
                 for m in messages:
                     if m.error() is not None:
                         continue
-                    p, offset = int(m.partition() or 0), int(m.offset() or 0)
+                    p = int(m.partition() or 0)
+                    offset = base.get(p, 0) + int(m.offset() or 0)
                     stop = stops.get(p)
                     if p in done or (stop is not None and offset >= stop):
                         continue
@@ -116,6 +128,7 @@ class KafkaSource:
         silently miss them."""
         low, _high = consumer.get_watermark_offsets(TopicPartition(self._topic, partition), timeout=10,
                                                     cached=False)
+        low = self._bases.logical(self._topic, partition, low)
         if low > expected:
             raise ReplayError(f"partition {partition}: offsets {expected}..{low - 1} left Kafka while the"
                               " replay read them; replay with --source auto and the archive")

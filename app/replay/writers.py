@@ -27,6 +27,7 @@ from agents.records import Invalid
 from core.retry import Backoff
 from tables import rollup_tables
 from tables.dedup import ids_from_strings
+from tables.logs import NO_EPOCH, LogBases
 from tables.rollups import RollupSpec
 from tables.state import PartialState, StateKey
 
@@ -161,8 +162,9 @@ class Letters:
 
     def __init__(self, client_factory: Callable[[], Client], bootstrap: str, dlq_topic: str,
                  schema_of: Callable[[int], WriterSchema | None], redactor: Redactor,
-                 producer_config: dict[str, str] | None = None) -> None:
+                 producer_config: dict[str, str] | None = None, bases: LogBases = NO_EPOCH) -> None:
         self._tables = GenerationTables(client_factory, {}, ())
+        self._bases = bases  # a letter's dlq position is base + the broker's offset
         self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
                                    "message.max.bytes": 10_000_000, **(producer_config or {})})
         self._topic = dlq_topic
@@ -213,7 +215,8 @@ class Letters:
 
         def delivered(i: int) -> Callable[[Any, Any], None]:
             def report(err: Any, msg: Any) -> None:
-                out[i] = RuntimeError(str(err)) if err is not None else (msg.partition(), msg.offset())
+                out[i] = RuntimeError(str(err)) if err is not None else (
+                    msg.partition(), self._bases.logical(self._topic, msg.partition(), msg.offset()))
             return report
 
         for i, (inv, headers) in enumerate(zip(letters, header_lists, strict=True)):

@@ -237,7 +237,10 @@ def test_a_failing_archive_filesystem_is_retried_until_it_recovers(
     produce(settings, produced, 400)
     child = start_archiver(settings, tmp_path)
     children.append(child)
-    time.sleep(5)  # several roll intervals and retries
+    archiver_log = tmp_path / "archiver.log"
+    wait_for(lambda: "archive_unavailable" in archiver_log.read_text(), 60,
+             "the archiver to fail writing and retry", archiver_log.read_text)
+    time.sleep(2)  # more roll intervals and retries
     assert child.alive(), "the archiver must wait for its filesystem, not crash"
     assert blocker.is_file()
     blocker.unlink()  # the filesystem recovers
@@ -245,4 +248,3 @@ def test_a_failing_archive_filesystem_is_retried_until_it_recovers(
              lambda: f"{archived_count(settings)} of 400")
     time.sleep(1.5)
     assert_exactly_once(settings, produced)
-    assert "archive_unavailable" in (tmp_path / "archiver.log").read_text()

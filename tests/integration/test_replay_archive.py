@@ -66,6 +66,23 @@ def test_an_emptied_broker_is_replayed_from_the_archive_exactly(archived: Pipeli
     pipeline.settings = s.model_copy(update={"aggregate": s.aggregate.model_copy(
         update={"rollups": [*s.aggregate.rollups, BY_COUNTRY]})})
 
+    # A record missing in the middle of the archive: a position an earlier log ended with before
+    # it was archived. Events were stored from it, so a rebuild would lose them: refused.
+    stored = pipeline.ch.query("SELECT DISTINCT _partition, _offset FROM events").result_rows
+    p, lost = next((p, o) for p, o in sorted(stored)
+                   if any(f.first_offset < o < f.last_offset for f in archive.partition_files(topic, p)))
+    (whole,) = [f for f in archive.partition_files(topic, p) if f.first_offset < lost < f.last_offset]
+    records = [r for batch in archive.read(topic, p, whole.first_offset, whole.last_offset + 1) for r in batch]
+    aside = Path(whole.path).rename(pipeline.tmp / "aside.parquet")
+    parts = [archive.write(topic, p, [r for r in records if r.offset < lost]),
+             archive.write(topic, p, [r for r in records if r.offset > lost])]
+    with pytest.raises(rp.ReplayError, match=f"partition {p}: positions {lost}..{lost} are in neither"):
+        rp.start(pipeline.settings, rp.Request(("events",), source="archive"), dry_run=True,
+                 archive=Archive(pipeline.settings.archive.url))
+    for part in parts:
+        Path(part.path).unlink()
+    aside.rename(whole.path)
+
     plan = rp.start(pipeline.settings, rp.Request(("events",), source="archive"), dry_run=True, archive=archive)
     assert isinstance(plan, rp.Plan) and {p.source for p in plan.partitions} == {"archive"}
     job = rp.start(pipeline.settings, rp.Request(("events",), source="archive"), archive=archive)

@@ -168,3 +168,6 @@ def test_any_set_of_files_reads_as_their_union_once(tmp_path_factory: pytest.Tem
     assert [r.offset for r in got] == want
     assert got == [rec(o) for o in want]
     assert archive.next_offset(TOPIC, 0) == max(union) + 1
+    if stop is not None:
+        uncovered = [o for lo, hi in archive.holes(TOPIC, 0, start, stop) for o in range(lo, hi)]
+        assert uncovered == sorted(set(range(start, stop)) - union)
