@@ -322,6 +322,43 @@ def archive_status(ctx: click.Context, url: str | None, output: str) -> None:
     status(_with(_settings(ctx), "archive", url=url), output)
 
 
+@cli.group()
+def epochs() -> None:
+    """Log epochs: positions that continue when the broker begins a new log (docs/archive.md)."""
+
+
+@epochs.command("status")
+@click.pass_context
+def epochs_status(ctx: click.Context) -> None:
+    """Every log epoch: when it began and its bases (position = base + broker offset)."""
+    from app.clickhouse import connect
+    from tables.logs import epochs as list_epochs
+
+    client = connect(_settings(ctx).clickhouse)
+    try:
+        found = list_epochs(client)
+    finally:
+        client.close()
+    if not found:
+        click.echo("no log epoch: one log, positions are the broker's offsets")
+    for bases, began in found:
+        click.echo(f"{began:%Y-%m-%d %H:%M:%S} UTC  {bases.describe()}")
+
+
+@epochs.command("begin")
+@_admin_key
+@click.pass_context
+def epochs_begin(ctx: click.Context, key: str | None) -> None:
+    """Begin a new epoch after the topics were emptied or created again (stop the workers and
+    the archiver first: they read the bases when they start). `rearview up` does this itself."""
+    admin_projects(ctx, key, None)  # every project's positions move: an operator's work
+    from app.archive import begin_log_epoch
+
+    bases = begin_log_epoch(_settings(ctx))
+    click.echo(f"began {bases.describe()}")
+    click.echo("start the workers and the archiver again: they read the bases when they start")
+
+
 @cli.command()
 @click.pass_context
 def topics(ctx: click.Context) -> None:
