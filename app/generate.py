@@ -118,9 +118,12 @@ async def send_http(
     batch_size: int,
     on_progress: Callable[[int], None] = lambda n: None,
     key: str | None = None,
+    retry_s: float = 60.0,
 ) -> int:
     """POST batches to the collector's /v1/batch with the write *key*; returns events
-    accepted. count 0: forever."""
+    accepted. count 0: forever. A batch the collector cannot take now (unreachable, 503: `up`
+    pauses it while its broker's log rolls) is sent again, with the same event ids, for up to
+    *retry_s*."""
     pacer = Pacer(rate)
     sent = 0
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -128,9 +131,21 @@ async def send_http(
         while count == 0 or sent < count:
             n = batch_size if count == 0 else min(batch_size, count - sent)
             chunk = [next(events) for _ in range(n)]
-            async with http.post("v1/batch", json={"events": chunk}) as resp:
-                if resp.status != 202:
-                    raise RuntimeError(f"collector answered {resp.status}: {await resp.text()}")
+            deadline, delay = time.monotonic() + retry_s, 0.2
+            while True:
+                try:
+                    async with http.post("v1/batch", json={"events": chunk}) as resp:
+                        if resp.status == 202:
+                            break
+                        if resp.status != 503:
+                            raise RuntimeError(f"collector answered {resp.status}: {await resp.text()}")
+                        why = f"answered 503: {await resp.text()}"
+                except aiohttp.ClientConnectionError as exc:
+                    why = f"unreachable: {exc}"
+                if time.monotonic() + delay > deadline:
+                    raise RuntimeError(f"collector {why} for {retry_s:g}s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             sent += n
             on_progress(n)
             await pacer.after(n)
