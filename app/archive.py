@@ -399,26 +399,12 @@ def committed_offsets(bootstrap_servers: str, topic: str, partitions: int,
     Not the broker's high watermark: the embedded broker reports it wrong, and a committed
     offset is a position some consumer really read past, so it can only understate the log.
     """
-    from confluent_kafka import ConsumerGroupTopicPartitions
-    from confluent_kafka.admin import AdminClient
+    from app.embedded.drain import group_commits
 
-    from core.exceptions import ServiceUnavailable
-
-    # log_level 0: an unreachable broker is reported once by the caller, not per attempt.
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0, **(config or {})})
-    try:
-        groups = admin.list_consumer_groups(request_timeout=timeout_s).result(timeout_s).valid
-        best: dict[int, int] = {}
-        wanted = [TopicPartition(topic, p) for p in range(partitions)]
-        for group in groups:
-            futures = admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group.group_id, wanted)], request_timeout=timeout_s)
-            for future in futures.values():
-                for tp in future.result(timeout_s).topic_partitions:
-                    if tp.error is None and tp.offset >= 0:
-                        best[tp.partition] = max(best.get(tp.partition, 0), tp.offset)
-    except (KafkaException, TimeoutError) as exc:  # TimeoutError: no answer within timeout_s
-        raise ServiceUnavailable(f"Kafka at {bootstrap_servers} did not answer: {str(exc) or 'timed out'}") from exc
+    best: dict[int, int] = {}
+    for offsets in group_commits(bootstrap_servers, {topic: partitions}, config, timeout_s).values():
+        for (_topic, p), offset in offsets.items():
+            best[p] = max(best.get(p, 0), offset)
     return best
 
 

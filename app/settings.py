@@ -46,6 +46,14 @@ class BrokerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 9092
+    # The broker keeps every record in memory and cannot delete any, so `rearview up` bounds it
+    # by beginning a new log (a new broker and log epoch) once its memory passes log_budget_mb
+    # and the current log is read and archived; 0 never does (docs/archive.md, "Bounding the
+    # embedded log"). Checked every log_check_s; a log not drained within log_drain_timeout_s
+    # is kept, and tried again at the next check.
+    log_budget_mb: int = Field(default=2048, ge=0)
+    log_check_s: float = Field(default=30.0, gt=0)
+    log_drain_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class RegistrySettings(BaseModel):

@@ -6,21 +6,43 @@ Each child runs `rearview <service>` in its own process group and is stopped by 
 SIGTERM first, SIGKILL if it does not exit in time. Children get their configuration through
 RV_* environment variables, so each one sees the same settings as this process. If a child
 dies, the stack is stopped and `up` exits non-zero.
+
+The broker keeps its log in memory and cannot delete records, so every start begins a new log
+and a new log epoch (tables/logs.py), and a long run bounds the broker's memory by doing the
+same while it runs: past `broker.log_budget_mb`, once the log is read and archived, `roll_log`
+replaces the broker with an empty one (docs/archive.md, "Bounding the embedded log").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
 import click
 
 from app.embedded.broker import ensure_topics, pipeline_topics
-from app.embedded.process import ChildProcess, free_port, http_ready, python_module, tcp_ready
+from app.embedded.drain import Behind, behind, group_commits, holds_records, log_ends
+from app.embedded.process import (
+    ChildProcess,
+    free_port,
+    http_ready,
+    python_module,
+    tcp_ready,
+    tree_rss_mb,
+)
 from app.settings import ArchiveSettings, Settings, to_env
+from core.exceptions import ServiceUnavailable
+from tables.logs import NO_EPOCH, LogBases
+
+# Children in front of Kafka (stopped first when the log rolls: nothing new comes in) and the
+# ones reading it (stopped once they read everything).
+_FRONT = ("api", "demo")
+_READERS = ("worker", "archiver")
 
 
 class Stack:
@@ -64,6 +86,7 @@ class Stack:
         self.env = {**to_env(self.settings), "PYTHONUNBUFFERED": "1"}
         self.children: list[ChildProcess] = []
         self.keys: dict[str, str] = {}  # the demo project's keys by kind (auth on)
+        self.bases: LogBases = NO_EPOCH  # the current log epoch's
         self._stop = threading.Event()
 
     @property
@@ -80,8 +103,12 @@ class Stack:
         )
 
     def _start(self, child: ChildProcess, timeout_s: float = 90.0) -> None:
-        click.echo(f"  starting {child.name:<10}", nl=False)
         self.children.append(child)
+        self._launch(child, timeout_s)
+
+    @staticmethod
+    def _launch(child: ChildProcess, timeout_s: float = 90.0) -> None:
+        click.echo(f"  starting {child.name:<10}", nl=False)
         child.start()
         child.wait_ready(timeout_s)
         click.echo(f" ready (pid {child.pid}, log {child.log_path})")
@@ -90,7 +117,7 @@ class Stack:
         h = self.host
         self._start(self._child("broker", "broker", "--host", h, "--port", str(self.broker_port),
                                 port=self.broker_port))
-        ensure_topics(f"{h}:{self.broker_port}", pipeline_topics(self.settings.kafka))
+        ensure_topics(self.settings.kafka.bootstrap_servers, pipeline_topics(self.settings.kafka))
         self._start(self._child(
             "registry", "registry", "--host", h, "--port", str(self.registry_port),
             "--data-dir", str(self.data_dir / "registry"),
@@ -106,11 +133,7 @@ class Stack:
             raise click.ClickException(f"migrate failed; see {migrate.log_path}")
         migrate.stop()
         click.echo("  migrations applied")
-        # This broker's log is new: positions go on past the earlier logs' (tables/logs.py).
-        from app.archive import begin_log_epoch
-
-        bases = begin_log_epoch(self.settings)
-        click.echo(f"  log epoch {bases.epoch} (positions continue after the earlier logs')")
+        self._begin_epoch()
         if self.settings.auth.required:
             self.keys = demo_keys(self.settings, self.data_dir / "demo_keys.json")
         self._start(self._child(
@@ -132,6 +155,124 @@ class Stack:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
+
+    def _begin_epoch(self) -> None:
+        """This broker's log is new: positions go on past the earlier logs' (tables/logs.py)."""
+        from app.archive import begin_log_epoch
+
+        self.bases = begin_log_epoch(self.settings)
+        click.echo(f"  log epoch {self.bases.epoch} (positions continue after the earlier logs')")
+
+    # -- bounding the broker's memory ---------------------------------------------------------
+    def _named(self, *names: str) -> list[ChildProcess]:
+        return [c for c in self.children if c.name in names]
+
+    def _stop_children(self, *names: str) -> None:
+        for child in reversed(self._named(*names)):
+            child.stop()
+
+    def _restart(self, *names: str) -> None:
+        """Start fresh copies of the named children that are not running, in the stack's order."""
+        for i, child in enumerate(self.children):
+            if child.name in names and not child.alive():
+                fresh = dataclasses.replace(child)
+                self.children[i] = fresh
+                self._launch(fresh)
+
+    def log_over_budget(self) -> float | None:
+        """The broker's memory in MB when it is over its budget and its log holds records
+        (None otherwise, or when rolling is off: no budget, or no archive to keep the log)."""
+        budget = self.settings.broker.log_budget_mb
+        brokers = self._named("broker")
+        if not budget or not brokers or brokers[0].pid is None or not self.settings.archive.enabled:
+            return None
+        rss = tree_rss_mb(brokers[0].pid)
+        t = self.settings.kafka.topics
+        if rss <= budget or not holds_records(self.settings.kafka.bootstrap_servers, {t.raw: t.partitions,
+                                                                                       t.clean: t.partitions}):
+            return None
+        return rss
+
+    def _log_ends(self) -> dict[tuple[str, int], int]:
+        t = self.settings.kafka.topics
+        return log_ends(self.settings.kafka.bootstrap_servers, {t.raw: t.partitions, t.clean: t.partitions})
+
+    def _waiting_for(self, ends: dict[tuple[str, int], int], archive: bool) -> list[Behind]:
+        """Who has not read the log to *ends* yet: the consumer groups (the archiver's aside, its
+        files are its truth) and, with *archive*, the archive."""
+        from app.archive import archive_group, open_archive
+
+        t = self.settings.kafka.topics
+        commits = group_commits(self.settings.kafka.bootstrap_servers, {t.raw: t.partitions, t.clean: t.partitions})
+        commits.pop(archive_group(self.settings), None)
+        archived = None
+        if archive:
+            files = open_archive(self.settings.archive)
+            archived = {(t.raw, p): max(0, self.bases.local(t.raw, p, files.next_offset(t.raw, p)))
+                        for p in range(t.partitions)}
+        return behind(ends, commits, {self.settings.worker.app_id: (t.raw, t.clean)}, archived)
+
+    def _wait(self, ends: dict[tuple[str, int], int], archive: bool, deadline: float) -> list[Behind]:
+        while True:
+            waiting = self._waiting_for(ends, archive)
+            if not waiting or time.monotonic() > deadline:
+                return waiting
+            time.sleep(0.5)
+
+    def roll_log(self, rss_mb: float) -> bool:
+        """Replace the broker with an empty one, in a new log epoch, once its log is drained.
+
+        The collector (and demo traffic) stop first, so nothing new comes in; clients retry
+        (the SDK does) and are answered again a few seconds later. Then the worker must commit,
+        and the archive hold, every record to the end of the log; the archiver writes what it
+        holds when it stops. A log not drained in `log_drain_timeout_s` is kept, with every
+        child started again: the next check tries again. Records a producer writes straight to
+        the broker while the roll waits are seen by a last look at the log's end before the
+        broker stops, which postpones the roll. True when the log rolled.
+        """
+        budget = self.settings.broker.log_budget_mb
+        click.echo(f"broker at {rss_mb:,.0f} MB (budget {budget:,} MB): beginning a new log")
+        began = time.monotonic()
+        deadline = began + self.settings.broker.log_drain_timeout_s
+        self._stop_children(*_FRONT)
+        try:
+            # The worker writes events.clean while it reads events.raw: wait until the ends hold still.
+            ends = self._log_ends()
+            while not (waiting := self._wait(ends, archive=False, deadline=deadline)):
+                now = self._log_ends()
+                if now == ends:
+                    break
+                ends = now
+            if not waiting:
+                # The archiver writes what it holds as it stops; if it had not read everything
+                # yet, it reads the rest when started again.
+                self._stop_children("archiver")
+                while (waiting := self._waiting_for(ends, archive=True)) and time.monotonic() < deadline:
+                    self._restart("archiver")
+                    self._wait(ends, archive=True, deadline=deadline)
+                    self._stop_children("archiver")
+            if not waiting:
+                self._stop_children("worker")
+                if self._log_ends() != ends:
+                    waiting = [Behind("a producer writing straight to Kafka", "", 0, 0, 0)]
+        except ServiceUnavailable as exc:
+            waiting = [Behind(f"Kafka ({exc})", "", 0, 0, 0)]
+        if waiting:
+            click.echo(f"  the log is kept, a new one is tried at the next check: waited for {waiting[0]}")
+            self._restart(*_READERS, *_FRONT)
+            return False
+        self._stop_children("broker")
+        self._restart("broker")
+        ensure_topics(self.settings.kafka.bootstrap_servers, pipeline_topics(self.settings.kafka))
+        self._begin_epoch()
+        # The collector first: what it writes now waits in the new log for the worker.
+        self._restart(*_FRONT)
+        paused = time.monotonic() - began
+        self._restart(*_READERS)
+        click.echo(f"log rolled in {time.monotonic() - began:.1f}s (collector paused {paused:.1f}s): the broker holds"
+                   f" {tree_rss_mb(self._named('broker')[0].pid or 0):,.0f} MB,"
+                   " the earlier logs are in the archive")
+        return True
 
     def run(self, demo_rate: float | None = None) -> int:
         """Start, report, supervise until a signal or a child's death, stop. Returns exit code."""
@@ -171,11 +312,17 @@ class Stack:
                 f"  clickhouse   http://{self.host}:{self.clickhouse_port}\n"
                 f"Press Ctrl-C to stop."
             )
+            next_check = time.monotonic() + self.settings.broker.log_check_s
             while not self._stop.wait(0.5):
                 dead = [c for c in self.children if not c.alive()]
                 if dead:
                     click.echo(f"error: {dead[0].name} exited; see {dead[0].log_path}", err=True)
                     return 1
+                if time.monotonic() >= next_check:
+                    rss = self.log_over_budget()
+                    if rss is not None:
+                        self.roll_log(rss)
+                    next_check = time.monotonic() + self.settings.broker.log_check_s
             return 0
         except click.ClickException:
             raise

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app import clickhouse  # noqa: E402
+from app.embedded.process import tree_rss_mb as rss_mb  # noqa: E402
 from app.generate import EventGenerator, send_http  # noqa: E402
 from app.settings import AuthSettings, Settings  # noqa: E402
 from app.up import Stack  # noqa: E402
@@ -39,33 +40,6 @@ from app.up import Stack  # noqa: E402
 # The API without keys: these figures are the pipeline's; a key costs the collector a few
 # microseconds a request (bench/ingest.py measures it).
 KEYS_OFF = AuthSettings(required=False)
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def rss_mb(pid: int) -> float:
-    """RSS of *pid* and its descendants (the embedded broker is a wrapper around Tansu)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += _rss_kb(p)
-        todo.extend(children.get(p, []))
-    return total / 1024
 
 
 def main() -> None:

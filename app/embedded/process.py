@@ -56,6 +56,34 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of *pid* and its descendants in MB, from /proc (0 where it is not
+    readable): the embedded broker is a wrapper process around Tansu."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total_kb, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total_kb += _rss_kb(p)
+        todo.extend(children.get(p, []))
+    return total_kb / 1024
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 @dataclass
 class ChildProcess:
     """One child service. Started in its own process group so a stop reaches its children too."""

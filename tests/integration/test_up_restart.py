@@ -49,9 +49,10 @@ class Up:
         assert self.proc.wait(90) == 0, self.log_path.read_text()[-3000:]
 
 
-def start_up(data_dir: Path, log_path: Path) -> Up:
+def start_up(data_dir: Path, log_path: Path, **settings: str) -> Up:
+    """`rearview up` on *data_dir* with RV_* *settings*, once it printed its addresses."""
     log = open(log_path, "w")  # noqa: SIM115 - the child writes it; closed below
-    env = {**os.environ, "RV_ARCHIVE__ROLL_INTERVAL_S": "1"}
+    env = {**os.environ, "RV_ARCHIVE__ROLL_INTERVAL_S": "1", **settings}
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "up", "--free-ports", "--data-dir", str(data_dir)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -127,10 +128,14 @@ class Store:
     def scalar(self, sql: str) -> Any:
         return self.client.query(sql).result_rows[0][0]
 
-    def digest(self) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self.client.query(
-            "SELECT toString(event_id), event_name, user_id, ts, toString(properties), _partition, _offset"
-            " FROM events ORDER BY event_id").result_rows]
+    def digest(self, provenance: bool = True) -> list[tuple[Any, ...]]:
+        """Every stored event; with its position in events.raw unless *provenance* is False
+        (an event a client sent twice within one log is kept, live, as the copy that reached
+        events.clean first, and by a replay as the copy it reads first: docs/replay.md)."""
+        columns = "toString(event_id), event_name, user_id, ts, toString(properties)"
+        if provenance:
+            columns += ", _partition, _offset"
+        return [tuple(r) for r in self.client.query(f"SELECT {columns} FROM events ORDER BY event_id").result_rows]
 
 
 def rearview(up: Up, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
