@@ -254,9 +254,9 @@ class Stack:
             if not waiting:
                 self._stop_children("worker")
                 if self._log_ends() != ends:
-                    waiting = [Behind("a producer writing straight to Kafka", "", 0, 0, 0)]
+                    waiting = [Behind("records written straight to Kafka while it waited", "", 0, 0, 0)]
         except ServiceUnavailable as exc:
-            waiting = [Behind(f"Kafka ({exc})", "", 0, 0, 0)]
+            waiting = [Behind(f"Kafka, which did not answer ({exc})", "", 0, 0, 0)]
         if waiting:
             click.echo(f"  the log is kept, a new one is tried at the next check: waited for {waiting[0]}")
             self._restart(*_READERS, *_FRONT)

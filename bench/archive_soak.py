@@ -195,6 +195,9 @@ def main() -> None:
             print(f"broker RSS: start {series[0][1]:.0f} MB, end {series[-1][1]:.0f} MB, "
                   f"{(series[-1][1] - series[0][1]) / max(series[-1][0] - series[0][0], 1) * 60:.1f} MB/min, "
                   f"{(series[-1][1] - (first_half[0] if first_half else series[0][1])) * 1024 / max(events, 1):.2f} KB per event")
+            if rolls:
+                print(f"broker RSS with {rolls} log rolls (budget {args.log_budget_mb} MB): between"
+                      f" {min(b for _, b, _ in series):.0f} and {max(b for _, b, _ in series):.0f} MB")
             codec_table(archive, topic, events)
         finally:
             stack.stop()

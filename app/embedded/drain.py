@@ -109,7 +109,8 @@ def group_commits(bootstrap_servers: str, topics: Mapping[str, int], config: Map
 
 @dataclass(frozen=True)
 class Behind:
-    """Who has not read (or archived) a partition to its end yet."""
+    """Who has not read (or archived) a partition to its end yet (no topic: what else keeps
+    the log, such as Kafka not answering)."""
 
     who: str
     topic: str
@@ -118,6 +119,8 @@ class Behind:
     end: int
 
     def __str__(self) -> str:
+        if not self.topic:  # not about one partition
+            return self.who
         return f"{self.who} at {self.at:,} of {self.end:,} on {self.topic}[{self.partition}]"
 
 
