@@ -34,6 +34,7 @@ from app.replay.plan import (
     parse_targets,
     parse_time,
     plan_events,
+    refuse_lost_positions,
     stored_counts,
 )
 from app.replay.sources import low_watermarks, topic_partitions
@@ -124,22 +125,11 @@ def make_plan(settings: Settings, request: Request, archive: Archive | None, cli
 
 
 def _refuse_lost_positions(archive: Archive, client: Client, topic: str, plans: tuple[PartitionPlan, ...]) -> None:
-    """Refuse a plan whose archive range has a hole that events or dead letters were stored
-    from: an earlier log ended before the archiver wrote them (tables/logs.py), so the rebuilt
-    table would lack them. A hole nothing was stored from loses nothing."""
+    """`refuse_lost_positions` over the archive part of each partition's plan."""
     for plan in plans:
-        if plan.source == "kafka":
-            continue
         stop = plan.switch_at if plan.source == "archive+kafka" else plan.stop
-        if stop is None:
-            continue
-        for lo, hi in archive.holes(topic, plan.partition, plan.start, stop):
-            stored = stored_counts(client, topic, {plan.partition: (lo, hi)})[plan.partition]
-            if stored:
-                raise ReplayError(
-                    f"partition {plan.partition}: positions {lo}..{hi - 1} are in neither the archive nor"
-                    f" Kafka (an earlier log ended before they were archived), yet {stored:,} events and"
-                    " dead letters were stored from them; a rebuilt table would lose them")
+        if plan.source != "kafka" and stop is not None:
+            refuse_lost_positions(archive, client, topic, plan.partition, plan.start, stop)
 
 
 def start(settings: Settings, request: Request, *, dry_run: bool = False, archive: Archive | None = None,

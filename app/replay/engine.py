@@ -41,9 +41,9 @@ from app import clickhouse
 from app import verify as verify_mod
 from app.replay import jobs
 from app.replay.jobs import Job, PartitionProgress, ReplayError
-from app.replay.plan import EVENTS, target_specs
+from app.replay.plan import EVENTS, refuse_lost_positions, target_specs
 from app.replay.process import DEDUP_PARTITION, EventsProcessor, raw_position
-from app.replay.sources import ArchiveSource, KafkaSource, Quiet
+from app.replay.sources import ArchiveSource, KafkaSource, Quiet, low_watermarks
 from app.replay.writers import GenerationTables, Letters
 from app.settings import Settings
 from tables import generations
@@ -244,6 +244,8 @@ class _EventsRun:
                 kafka_ranges[p] = (max(part.committed, part.switch_at), part.stop)
             else:
                 kafka_ranges[p] = (part.committed, part.stop)
+        if kafka_ranges and self.job.source == "auto":
+            self._reach_back(kafka_ranges, archive_ranges)
         if archive_ranges:
             if self.rt.archive is None:
                 raise ReplayError("this job reads the archive, and no archive is configured")
@@ -251,6 +253,33 @@ class _EventsRun:
         if kafka_ranges:
             yield from KafkaSource(s.kafka.bootstrap_servers, s.kafka.topics.raw,
                                    s.replay.fetch_messages, bases=self.bases).read(kafka_ranges)
+
+    def _reach_back(self, kafka_ranges: dict[int, tuple[int, int | None]],
+                    archive_ranges: dict[int, tuple[int, int | None]]) -> None:
+        """An `auto` job resumed after the broker began a new log (a restart, or a roll, of
+        `rearview up`: tables/logs.py) reads the positions below where Kafka's log now begins
+        from the archive, as its plan would have, instead of failing on them."""
+        s = self.rt.settings
+        topic = s.kafka.topics.raw
+        low = low_watermarks(s.kafka.bootstrap_servers, topic, sorted(kafka_ranges), self.bases)
+        for p, (start, stop) in sorted(kafka_ranges.items()):
+            if start >= low[p]:
+                continue
+            end = low[p] if stop is None else min(stop, low[p])
+            archive = self.rt.archive
+            if archive is None or archive.next_offset(topic, p) < end:
+                held = 0 if archive is None else archive.next_offset(topic, p)
+                raise ReplayError(f"partition {p}: positions {max(start, held)}..{end - 1} are neither in the"
+                                  f" archive nor in Kafka (its log now begins at {low[p]})")
+            refuse_lost_positions(archive, self.client, topic, p, start, end)
+            earlier = archive_ranges.get(p)
+            archive_ranges[p] = (earlier[0] if earlier else start, end)
+            if stop is not None and stop <= low[p]:
+                del kafka_ranges[p]
+            else:
+                kafka_ranges[p] = (low[p], stop)
+            log.info("replay_reads_earlier_log_from_archive", job=self.job.job_id, partition=p,
+                     start=start, stop=end)
 
     def pump(self) -> None:
         """Read and process until caught up (Kafka quiet for `quiet_s`, or every bounded
@@ -294,6 +323,9 @@ class _EventsRun:
         return True
 
     def close(self) -> None:
+        if self._kafka is not None:  # its consumer, mid-read when the run stopped early
+            self._kafka.close()
+            self._kafka = None
         self.letters.close()
         self.tables.close()
         self.loop.run_until_complete(self.schemas.close())

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
+from agents.archive import Archive
 from app.replay.jobs import ReplayError
 from tables.rollups import RollupSpec
 
@@ -163,6 +164,20 @@ def stored_counts(client: Client, raw_topic: str, ranges: dict[int, tuple[int, i
             parameters={"p": p, "a": start, "b": upper, "topic": raw_topic}).result_rows[0][0]
         out[p] = int(n)
     return out
+
+
+def refuse_lost_positions(archive: Archive, client: Client, topic: str, partition: int, start: int, stop: int) -> None:
+    """Refuse to read [start, stop) of *partition* from the archive when it has a hole that
+    events or dead letters were stored from: an earlier log ended before the archiver wrote
+    them (tables/logs.py), so a rebuilt table would lack them. A hole nothing was stored from
+    loses nothing."""
+    for lo, hi in archive.holes(topic, partition, start, stop):
+        stored = stored_counts(client, topic, {partition: (lo, hi)})[partition]
+        if stored:
+            raise ReplayError(
+                f"partition {partition}: positions {lo}..{hi - 1} are in neither the archive nor"
+                f" Kafka (an earlier log ended before they were archived), yet {stored:,} events and"
+                " dead letters were stored from them; a rebuilt table would lose them")
 
 
 @dataclass(frozen=True)

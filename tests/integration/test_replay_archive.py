@@ -10,8 +10,10 @@ from confluent_kafka.admin import AdminClient
 
 from agents.archive import Archive
 from app import replay as rp
+from app.archive import begin_log_epoch
 from app.embedded.broker import ensure_topics, pipeline_topics
 from app.embedded.process import ChildProcess, python_module
+from app.replay.engine import Stopped
 from app.verify import overall, verify
 from tests.integration.conftest import Pipeline, Services, make_pipeline, wait_for
 from tests.integration.replay_helpers import events_over_days, exact, send
@@ -92,4 +94,54 @@ def test_an_emptied_broker_is_replayed_from_the_archive_exactly(archived: Pipeli
     assert job.totals()["events"] == 3400 + 2 and job.totals()["duplicates"] == 400
     assert _digest(pipeline) == before
     assert pipeline.scalar("SELECT count() FROM dlq FINAL") == letters
+    assert overall(verify(pipeline.ch, pipeline.settings.aggregate.rollups)) == "exact"
+
+
+def test_an_auto_replay_stopped_before_a_new_log_resumes_from_the_archive(archived: Pipeline) -> None:
+    """A replay reading Kafka is interrupted, then the broker begins a new log (a restart or
+    roll of `rearview up`): resumed, it reads what left Kafka from the archive and ends exact."""
+    pipeline = archived
+    s = pipeline.settings
+    pipeline.settings = s.model_copy(update={"replay": s.replay.model_copy(
+        update={"checkpoint_s": 0.05, "fetch_messages": 5})})
+    events = events_over_days(3000, 2)
+    messages = send(pipeline, events, per_message=50, corrupt=1)
+    worker = pipeline.start_worker()
+    archiver = ChildProcess("archiver", python_module("app.cli", "archive", "run"), ready=lambda: True,
+                            env=pipeline.env, log_path=pipeline.tmp / "archiver.log")
+    archiver.start()
+    pipeline.children.append(archiver)
+    wait_for(lambda: exact(pipeline, 3000), 120, "3,000 events stored exactly")
+    archive = Archive(pipeline.settings.archive.url)
+    topic = pipeline.settings.kafka.topics.raw
+    wait_for(lambda: sum(f.records for fs in archive.files(topic).values() for f in fs) == messages, 60,
+             "every raw message archived")
+
+    with pytest.raises(Stopped):  # as if killed: everything it read was still in Kafka
+        rp.start(pipeline.settings, rp.Request(("events",), source="auto"), archive=archive, stop_after_events=1500)
+    job = rp.status(pipeline.settings)[0]
+    assert job.status == "running" and {p.source for p in job.partitions.values()} == {"kafka"}
+    assert sum(p.committed for p in job.partitions.values()) < messages, "stopped partway"
+
+    # The broker begins a new log, and a new epoch, as `rearview up` does; new traffic follows.
+    worker.stop()
+    archiver.stop()
+    admin = AdminClient({"bootstrap.servers": pipeline.settings.kafka.bootstrap_servers})
+    for future in admin.delete_topics([topic], operation_timeout=30).values():
+        future.result(30)
+    ensure_topics(pipeline.settings.kafka.bootstrap_servers, pipeline_topics(pipeline.settings.kafka))
+    bases = begin_log_epoch(pipeline.settings)
+    assert bases.epoch == 1
+    assert any(bases.base(topic, p) for p in range(s.kafka.topics.partitions)), "positions go on past the old log"
+    later = events_over_days(500, 1, seed=11)
+    send(pipeline, later, per_message=50)
+    pipeline.start_worker("worker-new-log")
+    wait_for(lambda: exact(pipeline, 3500), 120, "3,500 events stored exactly")
+    before = _digest(pipeline)
+
+    done = rp.resume(pipeline.settings, job.job_id, archive=Archive(pipeline.settings.archive.url))
+
+    assert done.status == "swapped", done.error
+    assert done.totals()["events"] == 3500 + 1
+    assert _digest(pipeline) == before
     assert overall(verify(pipeline.ch, pipeline.settings.aggregate.rollups)) == "exact"
