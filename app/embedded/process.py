@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,10 +24,30 @@ class ServiceStartError(RearviewError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free on *host* right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that is free on *host* right now, below the kernel's ephemeral range when there
+    is room: the ports the OS hands to outgoing connections (every Kafka and HTTP client opens
+    some) could otherwise take it between this check and the service's bind."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randint(_FIRST_PORT, low - 1) if low > _FIRST_PORT else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise ServiceStartError(f"no free port found on {host}")
+
+
+_FIRST_PORT = 10_000
+
+
+def _ephemeral_low() -> int:
+    """Where the kernel's range for outgoing connections begins (Linux; 0 elsewhere: any port)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def tcp_ready(host: str, port: int) -> Callable[[], bool]:
