@@ -50,6 +50,7 @@ import itertools
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -219,11 +220,22 @@ class Archive:
             os.close(fd)
 
     # -- listing -------------------------------------------------------------------------
+    def _list(self, folder: str) -> list[pafs.FileInfo]:
+        """The entries of *folder*; none when it does not exist. pyarrow's local listing can
+        fail with "not found" on a folder the archiver is creating (or that another process
+        just removed) at that moment, despite allow_not_found: asked again, it settles."""
+        selector = pafs.FileSelector(folder, allow_not_found=True)
+        for _attempt in range(2):
+            try:
+                return list(self.fs.get_file_info(selector))
+            except FileNotFoundError:
+                time.sleep(0.05)
+        return list(self.fs.get_file_info(selector))
+
     def partitions(self, topic: str) -> list[int]:
         """Partitions of *topic* that have a folder in the archive."""
-        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{topic}", allow_not_found=True))
         found = []
-        for info in infos:
+        for info in self._list(f"{self.root}/{topic}"):
             m = _PARTITION_DIR.match(info.base_name)
             if m and info.type == pafs.FileType.Directory:
                 found.append(int(m.group(1)))
@@ -235,9 +247,8 @@ class Archive:
 
     def partition_files(self, topic: str, partition: int) -> list[ArchiveFile]:
         """The archived files of one partition, sorted by (first_offset, last_offset)."""
-        selector = pafs.FileSelector(self._partition_path(topic, partition), allow_not_found=True)
         found = []
-        for info in self.fs.get_file_info(selector):
+        for info in self._list(self._partition_path(topic, partition)):
             m = _FILE_NAME.match(info.base_name)
             if not m or info.type != pafs.FileType.File:
                 continue  # temporary files (dot-names) and anything foreign

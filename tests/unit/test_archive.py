@@ -171,3 +171,28 @@ def test_any_set_of_files_reads_as_their_union_once(tmp_path_factory: pytest.Tem
     if stop is not None:
         uncovered = [o for lo, hi in archive.holes(TOPIC, 0, start, stop) for o in range(lo, hi)]
         assert uncovered == sorted(set(range(start, stop)) - union)
+
+
+def test_listing_a_folder_that_is_being_created_and_removed_never_fails(tmp_path: Path) -> None:
+    """pyarrow's local listing fails with "not found" on a folder that changes under it (the
+    archiver creating a topic's folder while `archive status` or a replay lists the archive)."""
+    import shutil
+    import threading
+
+    archive = Archive(str(tmp_path))
+    folder = tmp_path / TOPIC / "partition=0000"
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp_path / TOPIC, ignore_errors=True)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        seen = {tuple(archive.partitions(TOPIC)) for _ in range(5000)}
+    finally:
+        stop.set()
+        worker.join()
+    assert seen <= {(), (0,)}
