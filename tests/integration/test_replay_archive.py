@@ -41,20 +41,28 @@ def _digest(pipeline: Pipeline) -> list[list[object]]:
     return [list(row) for row in rows]
 
 
-def test_an_emptied_broker_is_replayed_from_the_archive_exactly(archived: Pipeline) -> None:
-    pipeline = archived
-    events = events_over_days(3000, 3)
-    messages = send(pipeline, events, corrupt=2) + send(pipeline, events[:400])
-    pipeline.start_worker()
+def _run_and_archive(pipeline: Pipeline, events: int, messages: int) -> tuple[ChildProcess, ChildProcess, Archive]:
+    """A worker and an archiver on what was sent: once *events* are stored exactly and every
+    one of the *messages* is archived, the two children and the archive."""
+    worker = pipeline.start_worker()
     archiver = ChildProcess("archiver", python_module("app.cli", "archive", "run"), ready=lambda: True,
                             env=pipeline.env, log_path=pipeline.tmp / "archiver.log")
     archiver.start()
     pipeline.children.append(archiver)
-    wait_for(lambda: exact(pipeline, 3000), 120, "3,000 events stored exactly")
+    wait_for(lambda: exact(pipeline, events), 120, f"{events:,} events stored exactly")
     archive = Archive(pipeline.settings.archive.url)
     topic = pipeline.settings.kafka.topics.raw
     wait_for(lambda: sum(f.records for fs in archive.files(topic).values() for f in fs) == messages, 60,
              "every raw message archived")
+    return worker, archiver, archive
+
+
+def test_an_emptied_broker_is_replayed_from_the_archive_exactly(archived: Pipeline) -> None:
+    pipeline = archived
+    events = events_over_days(3000, 3)
+    messages = send(pipeline, events, corrupt=2) + send(pipeline, events[:400])
+    _worker, _archiver, archive = _run_and_archive(pipeline, 3000, messages)
+    topic = pipeline.settings.kafka.topics.raw
     before, letters = _digest(pipeline), pipeline.scalar("SELECT count() FROM dlq FINAL")
     for child in pipeline.children:
         child.stop()
@@ -106,16 +114,8 @@ def test_an_auto_replay_stopped_before_a_new_log_resumes_from_the_archive(archiv
         update={"checkpoint_s": 0.05, "fetch_messages": 5})})
     events = events_over_days(3000, 2)
     messages = send(pipeline, events, per_message=50, corrupt=1)
-    worker = pipeline.start_worker()
-    archiver = ChildProcess("archiver", python_module("app.cli", "archive", "run"), ready=lambda: True,
-                            env=pipeline.env, log_path=pipeline.tmp / "archiver.log")
-    archiver.start()
-    pipeline.children.append(archiver)
-    wait_for(lambda: exact(pipeline, 3000), 120, "3,000 events stored exactly")
-    archive = Archive(pipeline.settings.archive.url)
+    worker, archiver, archive = _run_and_archive(pipeline, 3000, messages)
     topic = pipeline.settings.kafka.topics.raw
-    wait_for(lambda: sum(f.records for fs in archive.files(topic).values() for f in fs) == messages, 60,
-             "every raw message archived")
 
     with pytest.raises(Stopped):  # as if killed: everything it read was still in Kafka
         rp.start(pipeline.settings, rp.Request(("events",), source="auto"), archive=archive, stop_after_events=1500)
