@@ -298,10 +298,11 @@ def redrive(
     positions = []
     for r in letters:
         p, o = int(r["dlq_partition"]), int(r["dlq_offset"])
-        if bases.local(dlq_topic, p, o) < 0:
+        local = bases.local(dlq_topic, p, o)
+        if local < 0:
             result.unreadable.append(((p, o), _EARLIER_LOG))
         else:
-            positions.append((p, bases.local(dlq_topic, p, o)))
+            positions.append((p, local))
     broker_unreadable: list[tuple[tuple[int, int], str]] = []
     try:
         for read in whole_letters(bootstrap_servers, dlq_topic, positions, broker_unreadable):

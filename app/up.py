@@ -187,15 +187,18 @@ class Stack:
         if not budget or not brokers or brokers[0].pid is None or not self.settings.archive.enabled:
             return None
         rss = tree_rss_mb(brokers[0].pid)
-        t = self.settings.kafka.topics
-        if rss <= budget or not holds_records(self.settings.kafka.bootstrap_servers, {t.raw: t.partitions,
-                                                                                       t.clean: t.partitions}):
+        if rss <= budget or not holds_records(self.settings.kafka.bootstrap_servers, self._read_topics):
             return None
         return rss
 
-    def _log_ends(self) -> dict[tuple[str, int], int]:
+    @property
+    def _read_topics(self) -> dict[str, int]:
+        """The topics the pipeline reads, with their partition counts: what a roll must drain."""
         t = self.settings.kafka.topics
-        return log_ends(self.settings.kafka.bootstrap_servers, {t.raw: t.partitions, t.clean: t.partitions})
+        return {t.raw: t.partitions, t.clean: t.partitions}
+
+    def _log_ends(self) -> dict[tuple[str, int], int]:
+        return log_ends(self.settings.kafka.bootstrap_servers, self._read_topics)
 
     def _waiting_for(self, ends: dict[tuple[str, int], int], archive: bool) -> list[Behind]:
         """Who has not read the log to *ends* yet: the consumer groups (the archiver's aside, its
@@ -203,14 +206,14 @@ class Stack:
         from app.archive import archive_group, open_archive
 
         t = self.settings.kafka.topics
-        commits = group_commits(self.settings.kafka.bootstrap_servers, {t.raw: t.partitions, t.clean: t.partitions})
+        commits = group_commits(self.settings.kafka.bootstrap_servers, self._read_topics)
         commits.pop(archive_group(self.settings), None)
         archived = None
         if archive:
             files = open_archive(self.settings.archive)
             archived = {(t.raw, p): max(0, self.bases.local(t.raw, p, files.next_offset(t.raw, p)))
                         for p in range(t.partitions)}
-        return behind(ends, commits, {self.settings.worker.app_id: (t.raw, t.clean)}, archived)
+        return behind(ends, commits, {self.settings.worker.app_id: tuple(self._read_topics)}, archived)
 
     def _wait(self, ends: dict[tuple[str, int], int], archive: bool, deadline: float) -> list[Behind]:
         while True:

@@ -15,8 +15,10 @@ of a batch; reading from just below it to the last record finds the real end.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -26,28 +28,33 @@ from core.exceptions import ServiceUnavailable
 TopicPartitionKey = tuple[str, int]
 
 
+@contextmanager
+def _reader(bootstrap_servers: str, **config: Any) -> Iterator[Consumer]:
+    """A consumer that never joins its group or commits (assign() and read only); Kafka's
+    errors come out as ServiceUnavailable."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "rearview-log-ends",
+                         "enable.auto.commit": False, "log_level": 0, **config})
+    try:
+        yield consumer
+    except KafkaException as exc:
+        raise ServiceUnavailable(f"Kafka at {bootstrap_servers} did not answer: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _high_watermarks(consumer: Consumer, topics: Mapping[str, int], timeout_s: float) -> dict[TopicPartitionKey, int]:
+    return {(t, p): max(0, int(consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout_s,
+                                                              cached=False)[1]))
+            for t, n in topics.items() for p in range(n)}
+
+
 def log_ends(bootstrap_servers: str, topics: Mapping[str, int], timeout_s: float = 10.0,
              idle_s: float = 0.25) -> dict[TopicPartitionKey, int]:
     """One past the last offset of each partition of *topics* (name: partition count), read
     from the log (0: empty)."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap_servers,
-        "group.id": "rearview-log-ends",  # never commits: assign() and read only
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "fetch.wait.max.ms": 50,
-        "log_level": 0,
-    })
-    try:
-        ends: dict[TopicPartitionKey, int] = {}
-        starts = []
-        for topic, n in topics.items():
-            for p in range(n):
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s,
-                                                            cached=False)
-                ends[(topic, p)] = max(0, int(high))
-                if high > 0:
-                    starts.append(TopicPartition(topic, p, int(high) - 1))
+    with _reader(bootstrap_servers, **{"auto.offset.reset": "earliest", "fetch.wait.max.ms": 50}) as consumer:
+        ends = _high_watermarks(consumer, topics, timeout_s)
+        starts = [TopicPartition(t, p, high - 1) for (t, p), high in ends.items() if high > 0]
         if not starts:
             return ends
         consumer.assign(starts)
@@ -64,24 +71,13 @@ def log_ends(bootstrap_servers: str, topics: Mapping[str, int], timeout_s: float
             if messages:
                 quiet_since = time.monotonic()
         return ends
-    except KafkaException as exc:
-        raise ServiceUnavailable(f"Kafka at {bootstrap_servers} did not answer: {exc}") from exc
-    finally:
-        consumer.close()
 
 
 def holds_records(bootstrap_servers: str, topics: Mapping[str, int], timeout_s: float = 10.0) -> bool:
     """Whether any partition of *topics* holds a record (its high watermark is above 0: wrong
     by most of a batch, never by whether there is one)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "rearview-log-ends",
-                         "log_level": 0})
-    try:
-        return any(consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout_s, cached=False)[1] > 0
-                   for t, n in topics.items() for p in range(n))
-    except KafkaException as exc:
-        raise ServiceUnavailable(f"Kafka at {bootstrap_servers} did not answer: {exc}") from exc
-    finally:
-        consumer.close()
+    with _reader(bootstrap_servers) as consumer:
+        return any(_high_watermarks(consumer, topics, timeout_s).values())
 
 
 def group_commits(bootstrap_servers: str, topics: Mapping[str, int], config: Mapping[str, str] | None = None,

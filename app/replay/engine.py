@@ -267,8 +267,8 @@ class _EventsRun:
                 continue
             end = low[p] if stop is None else min(stop, low[p])
             archive = self.rt.archive
-            if archive is None or archive.next_offset(topic, p) < end:
-                held = 0 if archive is None else archive.next_offset(topic, p)
+            held = 0 if archive is None else archive.next_offset(topic, p)
+            if archive is None or held < end:
                 raise ReplayError(f"partition {p}: positions {max(start, held)}..{end - 1} are neither in the"
                                   f" archive nor in Kafka (its log now begins at {low[p]})")
             refuse_lost_positions(archive, self.client, topic, p, start, end)
