@@ -113,6 +113,23 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             child.stop()
 
 
+_LOG_TAIL_LINES = 80
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report ends with the last lines of every service log it wrote (workers,
+    APIs, `rearview up`): a timeout in CI is then explained by what the processes said."""
+    outcome = yield
+    report = outcome.get_result()
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if not report.failed or call.when != "call" or not isinstance(tmp, Path):
+        return
+    for log in sorted(tmp.rglob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+        report.sections.append((f"{log.relative_to(tmp)} (last {len(lines)} lines)", "\n".join(lines)))
+
+
 _ids = itertools.count(1)
 
 

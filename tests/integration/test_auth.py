@@ -27,7 +27,6 @@ from tests.integration.test_projects import _send_kafka
 
 pytestmark = pytest.mark.integration
 
-NOW_MS = int(time.time() * 1000)
 
 
 def _keyed(services: Services, tmp_path: Path, **auth: Any) -> Pipeline:
@@ -137,12 +136,12 @@ def test_the_collector_takes_write_keys_and_the_project_comes_from_the_key(
 
 # --- isolation ------------------------------------------------------------------------------------
 
-def _dataset(project: str) -> list[dict[str, Any]]:
-    """Events whose names, property keys, values and users belong to *project* alone, plus a
-    shared event name (`signup`) with different counts."""
+def _dataset(project: str, now_ms: int) -> list[dict[str, Any]]:
+    """Events of the two minutes before *now_ms* whose names, property keys, values and users
+    belong to *project* alone, plus a shared event name (`signup`) with different counts."""
     n, out = (30 if project == "alpha" else 45), []
     for i in range(n):
-        ts = NOW_MS - 60_000 - i * 1_000
+        ts = now_ms - 60_000 - i * 1_000
         user = f"{project}-user-{i % (7 if project == 'alpha' else 11)}"
         out.append({"event": f"{project}_view", "user_id": user, "timestamp": ts,
                     "properties": {f"{project}_plan": f"{project}-gold", "country": project.upper()[:2]}})
@@ -151,19 +150,21 @@ def _dataset(project: str) -> list[dict[str, Any]]:
     return out
 
 
-def _letter(project: str) -> dict[str, Any]:
+def _letter(project: str, now_ms: int) -> dict[str, Any]:
     """An event the worker dead-letters (its time is years before it was received)."""
-    return {"event": f"{project}_late", "user_id": f"{project}-user-0", "timestamp": NOW_MS - 5 * 365 * 86_400_000}
+    return {"event": f"{project}_late", "user_id": f"{project}-user-0", "timestamp": now_ms - 5 * 365 * 86_400_000}
 
 
+# "2h" is the previous and the current clock hour ("1h" alone would lose the events sent a
+# minute before the hour turns).
 QUERIES = [
-    {"kind": "timeseries", "interval": "minute", "date_range": "1h"},
-    {"kind": "breakdown", "dimensions": ["event_name", "country"], "date_range": "1h", "source": "events"},
-    {"kind": "breakdown", "dimensions": ["event_name"], "date_range": "1h", "source": "rollup"},
-    {"kind": "funnel", "steps": [{"event": "alpha_view"}, {"event": "signup"}], "date_range": "1h"},
-    {"kind": "funnel", "steps": [{"event": "beta_view"}, {"event": "signup"}], "date_range": "1h"},
+    {"kind": "timeseries", "interval": "minute", "date_range": "2h"},
+    {"kind": "breakdown", "dimensions": ["event_name", "country"], "date_range": "2h", "source": "events"},
+    {"kind": "breakdown", "dimensions": ["event_name"], "date_range": "2h", "source": "rollup"},
+    {"kind": "funnel", "steps": [{"event": "alpha_view"}, {"event": "signup"}], "date_range": "2h"},
+    {"kind": "funnel", "steps": [{"event": "beta_view"}, {"event": "signup"}], "date_range": "2h"},
     {"kind": "retention", "start_event": {"event": "signup"}, "period": "day", "date_range": "7d"},
-    {"kind": "uniques", "date_range": "1h"},
+    {"kind": "uniques", "date_range": "2h"},
 ]
 
 
@@ -173,16 +174,17 @@ def test_every_read_path_sees_its_keys_project_only(services: Services, tmp_path
         keys = {"alpha": _keys(p, "alpha"), "beta": _keys(p, "beta")}
         p.start_worker()
         api = p.start_api()
-        sent = {project: _dataset(project) for project in keys}
+        now_ms = int(time.time() * 1000)
+        sent = {project: _dataset(project, now_ms) for project in keys}
         for project, events in sent.items():
             assert httpx.post(f"{api}/v1/batch", json={"events": events},
                               headers=_auth(keys[project]["write"]), timeout=30).status_code == 202
-            _send_kafka(p, [_letter(project)], project)  # a service of the project, straight to Kafka
+            _send_kafka(p, [_letter(project, now_ms)], project)  # a service of the project, straight to Kafka
         total = sum(len(v) for v in sent.values())
         wait_for(lambda: p.stored() == total and p.scalar("SELECT count() FROM dlq FINAL") == 2, 90,
                  "both projects stored, two dead letters")
         for project, events in sent.items():
-            body = {"kind": "timeseries", "interval": "minute", "date_range": "1h", "source": "rollup"}
+            body = {"kind": "timeseries", "interval": "minute", "date_range": "2h", "source": "rollup"}
 
             def rolled(project: str = project, body: dict[str, Any] = body) -> int:
                 answer = httpx.post(f"{api}/v1/query", json=body, headers=_auth(keys[project]["read"])).json()
