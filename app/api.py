@@ -67,6 +67,7 @@ from app.auth import (
     RateLimiter,
     bearer,
     retry_after,
+    start_refreshing,
 )
 from app.collector.normalize import BadEvent, parse_body, to_event, to_events
 from app.collector.producer import BatchingProducer
@@ -340,13 +341,7 @@ async def health(_request: web.Request) -> web.Response:
 
 
 KEY_REFRESH = web.AppKey("key_refresh", asyncio.Task)  # type: ignore[type-abstract]
-
-
-async def _refresh_keys(keyring: Keyring, every_s: float) -> None:
-    """Reload the keys every *every_s*: a key revoked anywhere is refused here within that."""
-    while True:
-        await asyncio.to_thread(keyring.refresh)
-        await asyncio.sleep(every_s)
+KEYS_FIRST_LOAD_WAIT_S = 10.0  # at most this long a start waits for the keys (ClickHouse down)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -375,7 +370,8 @@ def create_app(settings: Settings) -> web.Application:
         )
         app[CH_CLIENT] = LazyClient(lambda: clickhouse.connect(settings.clickhouse))
         if auth.required:
-            app[KEY_REFRESH] = asyncio.create_task(_refresh_keys(app[KEYRING], auth.refresh_s))
+            # A key revoked anywhere is refused here within refresh_s.
+            app[KEY_REFRESH] = await start_refreshing(app[KEYRING], auth.refresh_s, KEYS_FIRST_LOAD_WAIT_S)
         else:
             log.warning("auth_disabled", project_id=settings.project_id,
                         detail="RV_AUTH__REQUIRED=false: anyone who reaches this API writes and"

@@ -21,7 +21,8 @@ Every API process keeps the keys in memory (`Keyring`) and reloads them every
 ``auth.refresh_s`` (2 s by default), so a revoked key is refused by every process within that
 interval plus one reload. While ClickHouse cannot be read, a process keeps the keys it last
 loaded (and says so in its log); one that never loaded any answers 503, so clients retry
-rather than lose events.
+rather than lose events. A starting process waits for its first load (`start_refreshing`)
+before it opens its port, so its first requests are checked, not refused.
 
 `RateLimiter` gives each key a token bucket: write keys by events per second, read and admin
 keys by requests per second. A request over the limit gets 429 with ``Retry-After``. Buckets are
@@ -30,6 +31,7 @@ per process: N API processes behind a balancer allow N times the rate.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
@@ -267,7 +269,8 @@ class Keyring:
         """The principal of a valid, unrevoked key; None for a missing, malformed, unknown or
         revoked one. Raises KeysUnavailable if no keys were ever loaded."""
         if self._keys is None:
-            raise KeysUnavailable("API keys cannot be loaded yet (ClickHouse unreachable)")
+            why = "ClickHouse unreachable" if self.failures else "the first load is still running"
+            raise KeysUnavailable(f"API keys are not loaded yet ({why}); retry shortly")
         if not key:
             return None
         parsed = parse_key(key)
@@ -282,6 +285,30 @@ class Keyring:
         if found.revoked_at is not None or found.kind != kind:
             return None
         return Principal(found.project_id, found.kind, found.key_id)
+
+
+async def start_refreshing(keyring: Keyring, every_s: float, wait_s: float) -> asyncio.Task[None]:
+    """Reload *keyring* every *every_s* in a task, and wait up to *wait_s* for the first load.
+
+    Called before the API opens its port: its first requests then find the keys (without the
+    wait, they raced the first load and got 503 on a busy machine). A ClickHouse down or hung
+    at start holds the start no longer than *wait_s*; requests get 503 until a load succeeds.
+    """
+    first = asyncio.Event()
+
+    async def reload_forever() -> None:
+        while True:
+            await asyncio.to_thread(keyring.refresh)
+            first.set()
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(reload_forever())
+    try:
+        await asyncio.wait_for(first.wait(), wait_s)
+    except TimeoutError:
+        log.warning("keys_not_loaded_at_start", waited_s=wait_s,
+                    detail="requests that need a key get 503 until the keys load")
+    return task
 
 
 class RateLimiter:

@@ -3,6 +3,8 @@ Authorization header, the rate limiter's buckets, and what the OpenAPI document 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -17,6 +19,7 @@ from app.auth import (
     digest,
     new_key,
     parse_key,
+    start_refreshing,
 )
 from app.openapi import document
 from app.settings import AuthSettings, Settings
@@ -69,6 +72,37 @@ def test_a_failed_reload_keeps_the_keys_loaded_before() -> None:
     ring.refresh()
     ring.refresh()
     assert ring.failures == 1 and ring.check(key) is not None
+
+
+def test_a_starting_api_waits_for_its_first_key_load_but_not_for_a_hung_clickhouse() -> None:
+    _, key = new_key("write")
+    release = threading.Event()
+
+    def slow_load() -> list[ApiKey]:  # a busy ClickHouse: the first load takes a moment
+        release.wait(0.3)
+        return [_record(key, "write")]
+
+    def hung_load() -> list[ApiKey]:  # a hung ClickHouse: no answer within the start's wait
+        release.wait(5)
+        raise OSError("ClickHouse unreachable")
+
+    async def start(ring: Keyring, wait_s: float) -> Principal | None | Exception:
+        task = await start_refreshing(ring, every_s=60, wait_s=wait_s)
+        try:
+            return ring.check(key)  # the API's first request, right after the port opens
+        except KeysUnavailable as exc:
+            return exc
+        finally:
+            task.cancel()
+
+    assert asyncio.run(start(Keyring(slow_load), wait_s=10)) == Principal("alpha", "write", parse_key(key)[1])  # type: ignore[index]
+    loop = asyncio.new_event_loop()
+    try:
+        refused = loop.run_until_complete(start(Keyring(hung_load), wait_s=0.2))
+        assert isinstance(refused, KeysUnavailable) and "still running" in str(refused)
+    finally:
+        release.set()  # the hung load's thread ends
+        loop.close()
 
 
 def test_what_each_kind_may_do() -> None:
