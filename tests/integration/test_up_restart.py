@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Producer
 
 from agents.archive import Archive
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import QUICK_GROUPS, wait_for
 from tests.integration.replay_helpers import events_over_days
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,8 @@ class Up:
 def start_up(data_dir: Path, log_path: Path, **settings: str) -> Up:
     """`rearview up` on *data_dir* with RV_* *settings*, once it printed its addresses."""
     log = open(log_path, "w")  # noqa: SIM115 - the child writes it; closed below
-    env = {**os.environ, "RV_ARCHIVE__ROLL_INTERVAL_S": "1", **settings}
+    quick_groups = {f"RV_KAFKA__{name.upper()}": str(value) for name, value in QUICK_GROUPS.items()}
+    env = {**os.environ, "RV_ARCHIVE__ROLL_INTERVAL_S": "1", **quick_groups, **settings}
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "up", "--free-ports", "--data-dir", str(data_dir)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
