@@ -8,6 +8,9 @@ starts is stopped by its pid when the fixture ends.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -189,6 +192,12 @@ class Pipeline:
     def stored(self) -> int:
         """Distinct events in ClickHouse, as queries see them."""
         return int(self.scalar("SELECT count() FROM events FINAL"))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`rearview ARGS...` on this pipeline's settings, as an operator runs it."""
+        return subprocess.run([sys.executable, "-m", "app.cli", *args],
+                              env={**self.env, "PATH": os.environ.get("PATH", "")},
+                              capture_output=True, text=True, timeout=120, check=False)
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": self.settings.kafka.bootstrap_servers, "linger.ms": 5})

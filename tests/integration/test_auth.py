@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +30,6 @@ def _keyed(services: Services, tmp_path: Path, **auth: Any) -> Pipeline:
     return make_pipeline(services, tmp_path, auth={"required": True, "refresh_s": 1.0, **auth})
 
 
-def cli(p: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args],
-                          env={**p.env, "PATH": os.environ.get("PATH", "")},
-                          capture_output=True, text=True, timeout=120, check=False)
-
-
 def _keys(p: Pipeline, project: str) -> dict[str, str]:
     """A new project with a key of each kind."""
     store = KeyStore(p.ch)
@@ -53,18 +44,18 @@ def _auth(key: str) -> dict[str, str]:
 def test_projects_and_keys_from_the_cli(services: Services, tmp_path: Path) -> None:
     p = _keyed(services, tmp_path)
     try:
-        made = cli(p, "projects", "create", "alpha", "--name", "Alpha shop")
+        made = p.cli("projects", "create", "alpha", "--name", "Alpha shop")
         assert made.returncode == 0 and "created project alpha" in made.stdout, made.stderr
-        again = cli(p, "projects", "create", "alpha")
+        again = p.cli("projects", "create", "alpha")
         assert again.returncode == 1 and "exists already" in again.stderr
-        bad = cli(p, "projects", "create", "not a project")
+        bad = p.cli("projects", "create", "not a project")
         assert bad.returncode == 1 and "must match" in bad.stderr
 
-        created = cli(p, "keys", "create", "--project", "alpha", "--kind", "read", "--name", "grafana")
+        created = p.cli("keys", "create", "--project", "alpha", "--kind", "read", "--name", "grafana")
         assert created.returncode == 0, created.stderr
         key = created.stdout.strip()
         assert key.startswith("rvr_") and "cannot be shown again" in created.stderr
-        unknown = cli(p, "keys", "create", "--project", "nowhere", "--kind", "write")
+        unknown = p.cli("keys", "create", "--project", "nowhere", "--kind", "write")
         assert unknown.returncode == 1 and "no project 'nowhere'" in unknown.stderr
 
         # Only the hash is stored; the list shows the public id, never the secret.
@@ -72,22 +63,22 @@ def test_projects_and_keys_from_the_cli(services: Services, tmp_path: Path) -> N
         stored = p.ch.query("SELECT key_id, secret_sha256 FROM api_keys FINAL").result_rows
         assert [(r[0], bytes(r[1]) if not isinstance(r[1], str) else r[1].encode("latin-1")) for r in stored] \
             == [(key_id, hashlib.sha256(key.encode()).digest())]
-        listed = cli(p, "keys", "list", "--project", "alpha")
+        listed = p.cli("keys", "list", "--project", "alpha")
         assert key_id in listed.stdout and "active" in listed.stdout and key.split("_")[2] not in listed.stdout
-        projects = cli(p, "projects", "list")
+        projects = p.cli("projects", "list")
         assert "alpha" in projects.stdout and "Alpha shop" in projects.stdout
 
-        revoked = cli(p, "keys", "revoke", key_id)
+        revoked = p.cli("keys", "revoke", key_id)
         assert revoked.returncode == 0 and f"revoked read key {key_id} of project alpha" in revoked.stdout
-        assert "revoked" in cli(p, "keys", "list").stdout
-        missing = cli(p, "keys", "revoke", "nosuchkeyid0")
+        assert "revoked" in p.cli("keys", "list").stdout
+        missing = p.cli("keys", "revoke", "nosuchkeyid0")
         assert missing.returncode == 1 and "no key" in missing.stderr
 
         # Replay rebuilds every project's tables: an operator's work, with an admin key.
-        refused = cli(p, "replay", "start", "events", "--dry-run")
+        refused = p.cli("replay", "start", "events", "--dry-run")
         assert refused.returncode == 1 and "an admin key is required" in refused.stderr
-        admin = cli(p, "keys", "create", "--project", "alpha", "--kind", "admin").stdout.strip()
-        planned = cli(p, "replay", "start", "events", "--dry-run", "--key", admin)
+        admin = p.cli("keys", "create", "--project", "alpha", "--kind", "admin").stdout.strip()
+        planned = p.cli("replay", "start", "events", "--dry-run", "--key", admin)
         assert planned.returncode == 0, planned.stderr
     finally:
         p.close()
@@ -247,9 +238,9 @@ def test_every_read_path_sees_its_keys_project_only(services: Services, tmp_path
             for word in (f"{other}_view", f"{other}_plan", f"{other}-gold", f"{other}-user", f"{other}_late"):
                 assert word not in text, (project, word)
 
-            listed = cli(p, "dlq", "list", "--project", project)
+            listed = p.cli("dlq", "list", "--project", project)
             assert listed.returncode == 0 and listed.stdout.count("InvalidField") == 1, listed.stdout
-            stats = cli(p, "dlq", "stats", "--project", project)
+            stats = p.cli("dlq", "stats", "--project", project)
             assert stats.stdout.strip().endswith("1 letters"), stats.stdout
 
         # The dashboard: the key from the address, kept in the browser, sent with each request.
@@ -272,12 +263,15 @@ def test_every_read_path_sees_its_keys_project_only(services: Services, tmp_path
             context.close()
 
         # Redrive is an admin operation, limited to the admin key's project.
+        # So is beginning a log epoch (every position moves).
         for key, why in [(None, "an admin key is required"), (keys["alpha"]["read"], "a read key cannot do this")]:
-            denied = cli(p, "dlq", "redrive", *(("--key", key) if key else ()))
-            assert denied.returncode == 1 and why in denied.stderr
-        redriven = cli(p, "dlq", "redrive", "--key", keys["beta"]["admin"])
+            for command in (("dlq", "redrive"), ("epochs", "begin")):
+                denied = p.cli(*command, *(("--key", key) if key else ()))
+                assert denied.returncode == 1 and why in denied.stderr, (command, denied.stderr)
+        assert "no log epoch" in p.cli("epochs", "status").stdout
+        redriven = p.cli("dlq", "redrive", "--key", keys["beta"]["admin"])
         assert redriven.returncode == 0 and "redrove 1 letters" in redriven.stdout, redriven.stderr
-        assert "InvalidField" in cli(p, "dlq", "list", "--project", "alpha").stdout  # alpha's still pending
+        assert "InvalidField" in p.cli("dlq", "list", "--project", "alpha").stdout  # alpha's still pending
     finally:
         p.close()
 
@@ -289,7 +283,7 @@ def test_a_revoked_key_is_refused_by_every_api_within_5_seconds(services: Servic
         apis = [p.start_api(), p.start_api()]
         for api in apis:
             assert httpx.get(f"{api}/v1/events/count", headers=_auth(key)).status_code == 200
-        assert cli(p, "keys", "revoke", key).returncode == 0
+        assert p.cli("keys", "revoke", key).returncode == 0
         revoked_at = time.monotonic()
 
         def refused_everywhere() -> bool:
@@ -362,11 +356,11 @@ def test_generate_sends_with_a_write_key_and_to_kafka_as_a_project(services: Ser
         keys = _keys(p, "alpha")
         p.start_worker()
         api = p.start_api()
-        http = cli(p, "generate", "--count", "200", "--url", api, "--key", keys["write"], "--seed", "1")
+        http = p.cli("generate", "--count", "200", "--url", api, "--key", keys["write"], "--seed", "1")
         assert http.returncode == 0, http.stderr
-        without = cli(p, "generate", "--count", "10", "--url", api)
+        without = p.cli("generate", "--count", "10", "--url", api)
         assert without.returncode != 0 and "401" in without.stderr
-        kafka = cli(p, "generate", "--count", "100", "--target", "kafka", "--project", "shop", "--seed", "2")
+        kafka = p.cli("generate", "--count", "100", "--target", "kafka", "--project", "shop", "--seed", "2")
         assert kafka.returncode == 0, kafka.stderr
         wait_for(lambda: dict(p.ch.query("SELECT project_id, count() FROM events GROUP BY 1").result_rows)
                  == {"alpha": 200, "shop": 100}, 60, "200 alpha events, 100 shop events")

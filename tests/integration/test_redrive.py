@@ -8,8 +8,6 @@ once, recorded once, and a schema fix registered a moment before the redrive app
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -27,11 +25,6 @@ from core.exceptions import ServiceUnavailable
 from tests.integration.conftest import Pipeline, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _rearview(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env={**pipeline.env, "PATH": ""},
-                          capture_output=True, text=True, timeout=120)
 
 
 def _letters(pipeline: Pipeline, n: int, partitions: int) -> dict[tuple[int, int], bytes]:
@@ -125,7 +118,7 @@ def test_a_fix_registered_a_moment_before_the_redrive_applies_to_every_letter(
     v1, v3 = tmp_path / "purchase_v1.avsc", tmp_path / "purchase_v3.avsc"
     v1.write_text(json.dumps(_shop_purchase("string")))
     v3.write_text(json.dumps(_shop_purchase(["string", "int"])))
-    assert _rearview(pipeline, "schemas", "register", str(v1)).returncode == 0
+    assert pipeline.cli("schemas", "register", str(v1)).returncode == 0
 
     registry = SchemaRegistryClient({"url": s.registry.url})
     rogue = AvroSerializer(registry, json.dumps(_shop_purchase("int")))  # bypasses the check
@@ -139,8 +132,8 @@ def test_a_fix_registered_a_moment_before_the_redrive_applies_to_every_letter(
     wait_for(lambda: pipeline.scalar("SELECT count() FROM dlq FINAL") == n, 60, f"{n} letters in dlq")
     assert pipeline.stored() == 0
 
-    assert _rearview(pipeline, "schemas", "register", str(v3)).returncode == 0
-    redriven = _rearview(pipeline, "dlq", "redrive", "--error-class", "ResolutionError")
+    assert pipeline.cli("schemas", "register", str(v3)).returncode == 0
+    redriven = pipeline.cli("dlq", "redrive", "--error-class", "ResolutionError")
     assert redriven.returncode == 0 and f"redrove {n} letters" in redriven.stdout, redriven.stderr
     wait_for(lambda: pipeline.stored() == n, 60, f"the {n} redriven purchases stored")
     time.sleep(2)

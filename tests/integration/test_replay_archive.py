@@ -10,11 +10,11 @@ from confluent_kafka.admin import AdminClient
 
 from agents.archive import Archive
 from app import replay as rp
-from app.archive import begin_log_epoch
 from app.embedded.broker import ensure_topics, pipeline_topics
 from app.embedded.process import ChildProcess, python_module
 from app.replay.engine import Stopped
 from app.verify import overall, verify
+from tables.logs import load_bases
 from tests.integration.conftest import Pipeline, Services, make_pipeline, wait_for
 from tests.integration.replay_helpers import events_over_days, exact, send
 from tests.integration.test_replay import BY_COUNTRY
@@ -130,9 +130,14 @@ def test_an_auto_replay_stopped_before_a_new_log_resumes_from_the_archive(archiv
     for future in admin.delete_topics([topic], operation_timeout=30).values():
         future.result(30)
     ensure_topics(pipeline.settings.kafka.bootstrap_servers, pipeline_topics(pipeline.settings.kafka))
-    bases = begin_log_epoch(pipeline.settings)
+    # As an operator of a durable Kafka whose topics were created again does it.
+    assert "no log epoch" in pipeline.cli("epochs", "status").stdout
+    begun = pipeline.cli("epochs", "begin")
+    assert begun.returncode == 0 and "began epoch 1" in begun.stdout, begun.stdout + begun.stderr
+    bases = load_bases(pipeline.ch)
     assert bases.epoch == 1
     assert any(bases.base(topic, p) for p in range(s.kafka.topics.partitions)), "positions go on past the old log"
+    assert len(pipeline.cli("epochs", "status").stdout.splitlines()) == 1
     later = events_over_days(500, 1, seed=11)
     send(pipeline, later, per_message=50)
     pipeline.start_worker("worker-new-log")

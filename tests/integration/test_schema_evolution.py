@@ -4,8 +4,6 @@ around it is dead-lettered with the field named, and typed events are read by th
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,11 +28,6 @@ def _shop_purchase(price_type: str) -> dict[str, Any]:
     return doc
 
 
-def _rearview(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env={**pipeline.env, "PATH": ""},
-                          capture_output=True, text=True, timeout=60)
-
-
 def _record(i: int, price: Any, **extra: Any) -> dict[str, Any]:
     return {"event_id": str(uuid.uuid4()), "project_id": "default", "event_name": "purchase",
             "user_id": f"buyer-{i}", "timestamp": int(time.time() * 1000), "properties": {},
@@ -51,17 +44,17 @@ def test_price_drift_is_refused_by_the_registry_and_dead_lettered_when_bypassed(
     v1.write_text(json.dumps(_shop_purchase("string")))
     v2.write_text(json.dumps(_shop_purchase("int")))
 
-    first = _rearview(pipeline, "schemas", "register")
-    again = _rearview(pipeline, "schemas", "register")
+    first = pipeline.cli("schemas", "register")
+    again = pipeline.cli("schemas", "register")
     assert first.returncode == 0 and first.stdout == again.stdout  # idempotent: same ids
     assert f"{topic}-io.rearview.events.Purchase: id" in first.stdout
-    assert _rearview(pipeline, "schemas", "register", str(v1)).returncode == 0
+    assert pipeline.cli("schemas", "register", str(v1)).returncode == 0
 
     # 1. Under BACKWARD, v2 (price as int) is refused, and the message names the field.
-    check = _rearview(pipeline, "schemas", "check", str(v2))
+    check = pipeline.cli("schemas", "check", str(v2))
     assert check.returncode == 1
     assert "INCOMPATIBLE" in check.stdout and "price" in check.stdout
-    refused = _rearview(pipeline, "schemas", "register", str(v2))
+    refused = pipeline.cli("schemas", "register", str(v2))
     assert refused.returncode == 1 and "price" in refused.stderr
     assert refused.stderr.startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
 
@@ -94,7 +87,7 @@ def test_price_drift_is_refused_by_the_registry_and_dead_lettered_when_bypassed(
 
     # A redrive before any fix: the letters fail again and come back with attempt 2.
     wait_for(lambda: pipeline.scalar("SELECT count() FROM dlq FINAL") == 4, 30, "the letters in the dlq table")
-    early = _rearview(pipeline, "dlq", "redrive", "--reason", "price")
+    early = pipeline.cli("dlq", "redrive", "--reason", "price")
     assert "redrove 4 letters" in early.stdout, early.stderr
     wait_for(lambda: pipeline.scalar("SELECT count() FROM dlq FINAL") == 8, 30, "the failed redrives")
     assert pipeline.scalar(
@@ -106,21 +99,21 @@ def test_price_drift_is_refused_by_the_registry_and_dead_lettered_when_bypassed(
     #    dead-lettered event comes in exactly once, even when redrive runs twice.
     v3 = tmp_path / "purchase_v3.avsc"
     v3.write_text(json.dumps(_shop_purchase(["string", "int"])))
-    assert _rearview(pipeline, "schemas", "register", str(v3)).returncode == 0
-    stats = _rearview(pipeline, "dlq", "stats")
+    assert pipeline.cli("schemas", "register", str(v3)).returncode == 0
+    stats = pipeline.cli("dlq", "stats")
     assert "ResolutionError" in stats.stdout and "8 letters" in stats.stdout  # all, redriven or not
-    listed = _rearview(pipeline, "dlq", "list", "--error-class", "ResolutionError")
+    listed = pipeline.cli("dlq", "list", "--error-class", "ResolutionError")
     assert len(listed.stdout.strip().splitlines()) == 4
     first = listed.stdout.split()[0]
-    shown = _rearview(pipeline, "dlq", "show", first)
+    shown = pipeline.cli("dlq", "show", first)
     assert '"price":100' in shown.stdout  # the redacted preview, as the producer wrote it
     assert "redriven: False" in shown.stdout
-    dry = _rearview(pipeline, "dlq", "redrive", "--reason", "price", "--dry-run")
+    dry = pipeline.cli("dlq", "redrive", "--reason", "price", "--dry-run")
     assert "4 letters would be redriven" in dry.stdout
     time.sleep(1.5)  # the worker re-reads reader schemas every second in this test
-    redriven = _rearview(pipeline, "dlq", "redrive", "--reason", "price")
+    redriven = pipeline.cli("dlq", "redrive", "--reason", "price")
     assert redriven.returncode == 0 and "redrove 4 letters" in redriven.stdout, redriven.stderr
-    again = _rearview(pipeline, "dlq", "redrive", "--reason", "price")
+    again = pipeline.cli("dlq", "redrive", "--reason", "price")
     assert "no letters to redrive" in again.stdout
     wait_for(lambda: pipeline.stored() == 9, 60, "the 4 redriven purchases")
     time.sleep(2)
@@ -136,7 +129,7 @@ def test_price_drift_is_refused_by_the_registry_and_dead_lettered_when_bypassed(
 def test_typed_events_are_resolved_and_their_fields_become_properties(pipeline: Pipeline) -> None:
     s = pipeline.settings
     topic = s.kafka.topics.raw
-    assert _rearview(pipeline, "schemas", "register").returncode == 0
+    assert pipeline.cli("schemas", "register").returncode == 0
     registry = SchemaRegistryClient({"url": s.registry.url})
     ctx = SerializationContext(topic, MessageField.VALUE)
     producer = pipeline.producer()

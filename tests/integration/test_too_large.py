@@ -9,8 +9,6 @@ the worker retried that as an outage forever and never committed the partition a
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -23,11 +21,6 @@ from tests.integration.conftest import Pipeline, wait_for
 from tests.integration.test_fuzz import avro_event, now_ms
 
 pytestmark = pytest.mark.integration
-
-
-def _rearview(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env={**pipeline.env, "PATH": ""},
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_a_letter_too_large_for_the_dlq_is_kept_whole_in_parts_and_redriven_whole(pipeline: Pipeline) -> None:
@@ -48,12 +41,12 @@ def test_a_letter_too_large_for_the_dlq_is_kept_whole_in_parts_and_redriven_whol
     wait_for(lambda: pipeline.stored() == 10, 60, "the 10 events after the huge message (not wedged)")
     wait_for(lambda: pipeline.scalar("SELECT count() FROM dlq FINAL WHERE stage != 'part'") == 1, 30,
              "the letter's head in the dlq table")
-    stats = _rearview(pipeline, "dlq", "stats")
+    stats = pipeline.cli("dlq", "stats")
     assert "1 letters" in stats.stdout, stats.stdout  # fragments are not letters
-    listed = _rearview(pipeline, "dlq", "list")
+    listed = pipeline.cli("dlq", "list")
     assert len(listed.stdout.strip().splitlines()) == 1 and "FramingError" in listed.stdout
 
-    redriven = _rearview(pipeline, "dlq", "redrive")
+    redriven = pipeline.cli("dlq", "redrive")
     assert redriven.returncode == 0 and "redrove 1 letters" in redriven.stdout, redriven.stderr
     back = [m for m in pipeline.consume_all(raw, expected=3)
             if dlq.H_REDRIVE_OF in dlq.parse_headers(m.headers())]
