@@ -422,5 +422,6 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 def serve(settings: Settings, host: str, port: int) -> None:
     log.info("api_starting", url=f"http://{host}:{port}/")
-    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None,
+    web.run_app(create_app(settings), host=host, port=port, reuse_port=settings.api.reuse_port or None,
+                print=None, access_log=None,
                 logger=ServerLog(logging.getLogger("aiohttp.server"), {}))

@@ -92,6 +92,10 @@ class ApiSettings(BaseModel):
     # The gRPC collector (schemas/analytics.proto), served by the same process on its own
     # port (on the API's host); 0 turns it off.
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    # Listen with SO_REUSEPORT, sharing the port with another process. `rearview up` sets it,
+    # so a stand-in answers 503 on the port while it replaces the broker (app/embedded/standin.py);
+    # left off, a second API started on a taken port fails instead of sharing it unnoticed.
+    reuse_port: bool = False
 
 
 class WorkerSettings(BaseModel):

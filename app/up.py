@@ -31,10 +31,12 @@ from app.embedded.process import (
     ChildProcess,
     free_port,
     http_ready,
+    port_taken,
     python_module,
     tcp_ready,
     tree_rss_mb,
 )
+from app.embedded.standin import Unavailable
 from app.settings import ArchiveSettings, Settings, to_env
 from core.exceptions import ServiceUnavailable
 from tables.logs import NO_EPOCH, LogBases
@@ -43,6 +45,9 @@ from tables.logs import NO_EPOCH, LogBases
 # ones reading it (stopped once they read everything).
 _FRONT = ("api", "demo")
 _READERS = ("worker", "archiver")
+# What a client is told while the collector is away for a roll (app/embedded/standin.py).
+ROLLING = ("the embedded broker is beginning a new log (its memory passed RV_BROKER__LOG_BUDGET_MB):"
+           " send the same events again in a few seconds")
 
 
 class Stack:
@@ -78,7 +83,7 @@ class Stack:
                 "worker": settings.worker.model_copy(update={"data_dir": self.data_dir / "worker",
                                                             "web_port": self.worker_port}),
                 "api": settings.api.model_copy(update={"host": host, "port": self.api_port,
-                                                      "grpc_port": self.grpc_port}),
+                                                      "grpc_port": self.grpc_port, "reuse_port": True}),
                 "archive": settings.archive.model_copy(update={"url": str(self.data_dir / "archive")})
                 if settings.archive.url == ArchiveSettings().url else settings.archive,
             }
@@ -144,6 +149,9 @@ class Stack:
             self._start(ChildProcess("archiver", python_module("app.cli", "archive", "run"),
                                      ready=lambda: True, env=self.env,
                                      log_path=self.logs / "archiver.log"))
+        if port_taken(h, self.api_port):  # the API shares its port (a roll's stand-in): never by accident
+            raise click.ClickException(f"port {self.api_port} on {h} is taken: stop what listens there,"
+                                       " or choose another with --port")
         self._start(self._child("api", "api", ready_url=f"{self.api_url}/health"))
         if demo_rate:
             key = ("--key", self.keys["write"]) if self.keys else ()
@@ -225,8 +233,9 @@ class Stack:
     def roll_log(self, rss_mb: float) -> bool:
         """Replace the broker with an empty one, in a new log epoch, once its log is drained.
 
-        The collector (and demo traffic) stop first, so nothing new comes in; clients retry
-        (the SDK does) and are answered again a few seconds later. Then the worker must commit,
+        The collector (and demo traffic) stop first, so nothing new comes in; meanwhile a
+        stand-in on the API's port answers 503 with Retry-After, so clients retry (the SDK does)
+        and are answered again a few seconds later. Then the worker must commit,
         and the archive hold, every record to the end of the log; the archiver writes what it
         holds when it stops. A log not drained in `log_drain_timeout_s` is kept, with every
         child started again: the next check tries again. Records a producer writes straight to
@@ -237,39 +246,44 @@ class Stack:
         click.echo(f"broker at {rss_mb:,.0f} MB (budget {budget:,} MB): beginning a new log")
         began = time.monotonic()
         deadline = began + self.settings.broker.log_drain_timeout_s
-        self._stop_children(*_FRONT)
-        try:
-            # The worker writes events.clean while it reads events.raw: wait until the ends hold still.
-            ends = self._log_ends()
-            while not (waiting := self._wait(ends, archive=False, deadline=deadline)):
-                now = self._log_ends()
-                if now == ends:
-                    break
-                ends = now
-            if not waiting:
-                # The archiver writes what it holds as it stops; if it had not read everything
-                # yet, it reads the rest when started again.
-                self._stop_children("archiver")
-                while (waiting := self._waiting_for(ends, archive=True)) and time.monotonic() < deadline:
-                    self._restart("archiver")
-                    self._wait(ends, archive=True, deadline=deadline)
+        # Until the collector is back, its port answers 503 with Retry-After, not a refusal.
+        with Unavailable(self.host, self.api_port, ROLLING) as standin:
+            self._stop_children(*_FRONT)
+            try:
+                # The worker writes events.clean while it reads events.raw: wait until the ends hold still.
+                ends = self._log_ends()
+                while not (waiting := self._wait(ends, archive=False, deadline=deadline)):
+                    now = self._log_ends()
+                    if now == ends:
+                        break
+                    ends = now
+                if not waiting:
+                    # The archiver writes what it holds as it stops; if it had not read everything
+                    # yet, it reads the rest when started again.
                     self._stop_children("archiver")
-            if not waiting:
-                self._stop_children("worker")
-                if self._log_ends() != ends:
-                    waiting = [Behind("records written straight to Kafka while it waited", "", 0, 0, 0)]
-        except ServiceUnavailable as exc:
-            waiting = [Behind(f"Kafka, which did not answer ({exc})", "", 0, 0, 0)]
-        if waiting:
-            click.echo(f"  the log is kept, a new one is tried at the next check: waited for {waiting[0]}")
-            self._restart(*_READERS, *_FRONT)
-            return False
-        self._stop_children("broker")
-        self._restart("broker")
-        ensure_topics(self.settings.kafka.bootstrap_servers, pipeline_topics(self.settings.kafka))
-        self._begin_epoch()
-        # The collector first: what it writes now waits in the new log for the worker.
-        self._restart(*_FRONT)
+                    while (waiting := self._waiting_for(ends, archive=True)) and time.monotonic() < deadline:
+                        self._restart("archiver")
+                        self._wait(ends, archive=True, deadline=deadline)
+                        self._stop_children("archiver")
+                if not waiting:
+                    self._stop_children("worker")
+                    if self._log_ends() != ends:
+                        waiting = [Behind("records written straight to Kafka while it waited", "", 0, 0, 0)]
+            except ServiceUnavailable as exc:
+                waiting = [Behind(f"Kafka, which did not answer ({exc})", "", 0, 0, 0)]
+            if waiting:
+                click.echo(f"  the log is kept, a new one is tried at the next check: waited for {waiting[0]}")
+                self._restart(*_FRONT)
+                standin.stop()
+                self._restart(*_READERS)
+                return False
+            self._stop_children("broker")
+            self._restart("broker")
+            ensure_topics(self.settings.kafka.bootstrap_servers, pipeline_topics(self.settings.kafka))
+            self._begin_epoch()
+            # The collector first: what it writes now waits in the new log for the worker.
+            self._restart(*_FRONT)
+            standin.stop()
         paused = time.monotonic() - began
         self._restart(*_READERS)
         click.echo(f"log rolled in {time.monotonic() - began:.1f}s (collector paused {paused:.1f}s): the broker holds"

@@ -42,6 +42,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 _FIRST_PORT = 10_000
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether something listens on (*host*, *port*), even a socket that shares its port.
+    Connections of an earlier listener, closing (TIME_WAIT), do not count: a server binds over
+    them with SO_REUSEADDR, as this check does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def _ephemeral_low() -> int:
     """Where the kernel's range for outgoing connections begins (Linux; 0 elsewhere: any port)."""
     try:

@@ -4,9 +4,10 @@ letters and rollups stay exact, and a replay restores every event from the archi
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -56,6 +57,34 @@ def track_retrying(up: Up, events: list[dict[str, Any]], per_request: int = 250)
     return retries
 
 
+class Prober:
+    """Sends one event again and again (a retry: stored once) while a roll is under way, and
+    keeps every answer: what a client meets while the collector is away."""
+
+    def __init__(self, up: Up, event: dict[str, Any]) -> None:
+        self.answers: list[tuple[int, str | None, str]] = []  # status, Retry-After, body
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(up, event), daemon=True)
+
+    def _run(self, up: Up, event: dict[str, Any]) -> None:
+        headers = {"Authorization": f"Bearer {up.lines['write key']}"}
+        while not self._stop.wait(0.25):
+            try:
+                answer = httpx.post(f"{up.api}/v1/batch", json={"events": [event]}, headers=headers, timeout=30)
+                self.answers.append((answer.status_code, answer.headers.get("Retry-After"), answer.text))
+            except httpx.TransportError:
+                self.refused += 1
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def epochs_printed(up: Up) -> int:
     return up.log_path.read_text().count("log epoch ")
 
@@ -87,9 +116,17 @@ def test_a_rolled_log_keeps_every_event_and_a_replay_restores_them(tmp_path: Pat
     # Traffic during rolls: new events and a client retrying 300 of the first ones.
     second = with_emails(events_over_days(1000, 1, seed=7))
     rolled = epochs_printed(up)
-    track_retrying(up, second[:500] + first[:300])
-    wait_for(lambda: epochs_printed(up) > rolled, 120, "another roll",
-             lambda: up.log_path.read_text()[-2000:])
+    with Prober(up, first[0]) as prober:  # its requests are records: the next check rolls
+        track_retrying(up, second[:500] + first[:300])
+        wait_for(lambda: epochs_printed(up) > rolled, 120, "another roll",
+                 lambda: up.log_path.read_text()[-2000:])
+        wait_for(lambda: prober.answers and prober.answers[-1][0] == 202, 60, "the collector back after the roll")
+    # While the collector was away, its port said why and when to come back, rather than
+    # refusing the connection (a request caught as the API stops may still see a reset).
+    away = [a for a in prober.answers if a[0] != 202]
+    assert away and all(status == 503 and retry_after for status, retry_after, _ in away), away[:5]
+    assert any("beginning a new log" in body for *_, body in away), away[:5]
+    assert prober.refused <= 2, f"{prober.refused} connections refused during a roll"
     track_retrying(up, second[500:])
     corrupt(up, 1, b"second")
     wait_for(lambda: store.scalar("SELECT count() FROM events") == 2500, 120, "2,500 events stored")
