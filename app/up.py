@@ -245,51 +245,57 @@ class Stack:
         budget = self.settings.broker.log_budget_mb
         click.echo(f"broker at {rss_mb:,.0f} MB (budget {budget:,} MB): beginning a new log")
         began = time.monotonic()
-        deadline = began + self.settings.broker.log_drain_timeout_s
         # Until the collector is back, its port answers 503 with Retry-After, not a refusal.
-        with Unavailable(self.host, self.api_port, ROLLING) as standin:
+        with Unavailable(self.host, self.api_port, ROLLING):
             self._stop_children(*_FRONT)
-            try:
-                # The worker writes events.clean while it reads events.raw: wait until the ends hold still.
-                ends = self._log_ends()
-                while not (waiting := self._wait(ends, archive=False, deadline=deadline)):
-                    now = self._log_ends()
-                    if now == ends:
-                        break
-                    ends = now
-                if not waiting:
-                    # The archiver writes what it holds as it stops; if it had not read everything
-                    # yet, it reads the rest when started again.
-                    self._stop_children("archiver")
-                    while (waiting := self._waiting_for(ends, archive=True)) and time.monotonic() < deadline:
-                        self._restart("archiver")
-                        self._wait(ends, archive=True, deadline=deadline)
-                        self._stop_children("archiver")
-                if not waiting:
-                    self._stop_children("worker")
-                    if self._log_ends() != ends:
-                        waiting = [Behind("records written straight to Kafka while it waited", "", 0, 0, 0)]
-            except ServiceUnavailable as exc:
-                waiting = [Behind(f"Kafka, which did not answer ({exc})", "", 0, 0, 0)]
+            waiting = self._drain(deadline=began + self.settings.broker.log_drain_timeout_s)
             if waiting:
                 click.echo(f"  the log is kept, a new one is tried at the next check: waited for {waiting[0]}")
-                self._restart(*_FRONT)
-                standin.stop()
-                self._restart(*_READERS)
-                return False
-            self._stop_children("broker")
-            self._restart("broker")
-            ensure_topics(self.settings.kafka.bootstrap_servers, pipeline_topics(self.settings.kafka))
-            self._begin_epoch()
+            else:
+                self._stop_children("broker")
+                self._restart("broker")
+                ensure_topics(self.settings.kafka.bootstrap_servers, pipeline_topics(self.settings.kafka))
+                self._begin_epoch()
             # The collector first: what it writes now waits in the new log for the worker.
             self._restart(*_FRONT)
-            standin.stop()
         paused = time.monotonic() - began
         self._restart(*_READERS)
+        if waiting:
+            return False
         click.echo(f"log rolled in {time.monotonic() - began:.1f}s (collector paused {paused:.1f}s): the broker holds"
                    f" {tree_rss_mb(self._named('broker')[0].pid or 0):,.0f} MB,"
                    " the earlier logs are in the archive")
         return True
+
+    def _drain(self, deadline: float) -> list[Behind]:
+        """With nothing new coming in: wait until the worker has committed, and the archive
+        holds, the end of the log, then stop both. [] when drained, else what it waited for
+        (the readers may then be stopped or not; the caller starts them again)."""
+        try:
+            # The worker writes events.clean while it reads events.raw: wait until the ends hold still.
+            ends = self._log_ends()
+            while not (waiting := self._wait(ends, archive=False, deadline=deadline)):
+                now = self._log_ends()
+                if now == ends:
+                    break
+                ends = now
+            if waiting:
+                return waiting
+            # The archiver writes what it holds as it stops; if it had not read everything yet,
+            # it reads the rest when started again.
+            self._stop_children("archiver")
+            while (waiting := self._waiting_for(ends, archive=True)) and time.monotonic() < deadline:
+                self._restart("archiver")
+                self._wait(ends, archive=True, deadline=deadline)
+                self._stop_children("archiver")
+            if waiting:
+                return waiting
+            self._stop_children("worker")
+            if self._log_ends() != ends:
+                return [Behind("records written straight to Kafka while it waited", "", 0, 0, 0)]
+            return []
+        except ServiceUnavailable as exc:
+            return [Behind(f"Kafka, which did not answer ({exc})", "", 0, 0, 0)]
 
     def run(self, demo_rate: float | None = None) -> int:
         """Start, report, supervise until a signal or a child's death, stop. Returns exit code."""

@@ -42,6 +42,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 _FIRST_PORT = 10_000
 
 
+def _ephemeral_low() -> int:
+    """Where the kernel's range for outgoing connections begins (Linux; 0 elsewhere: any port)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def port_taken(host: str, port: int) -> bool:
     """Whether something listens on (*host*, *port*), even a socket that shares its port.
     Connections of an earlier listener, closing (TIME_WAIT), do not count: a server binds over
@@ -53,14 +61,6 @@ def port_taken(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _ephemeral_low() -> int:
-    """Where the kernel's range for outgoing connections begins (Linux; 0 elsewhere: any port)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def tcp_ready(host: str, port: int) -> Callable[[], bool]:

@@ -49,20 +49,13 @@ class Unavailable:
 
         self._server = _Server((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="api-stand-in", daemon=True)
-        self._stopped = False
 
     def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop answering (the API is back); once is enough, later calls do nothing."""
-        if self._stopped:
-            return
-        self._stopped = True
+        """Stop answering: the API is back (or `up` is stopping)."""
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
