@@ -22,6 +22,20 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
+_READ_LIMIT = 8 * 1024 * 1024  # bodies up to this are read (and dropped) before the answer
+_CHUNK = 64 * 1024
+
+
+def _body_length(header: str | None) -> int:
+    """The bytes of body to read: 0 for none, and for a length that is not a number, negative,
+    or over the limit (the answer then goes out unread, with the connection closed)."""
+    try:
+        length = int(header or 0)
+    except ValueError:
+        return 0
+    return length if 0 < length <= _READ_LIMIT else 0
+
+
 class Unavailable:
     """Answers every request on (*host*, *port*) with 503, *retry_after_s* and *why*."""
 
@@ -29,10 +43,16 @@ class Unavailable:
         body = json.dumps({"error": why}).encode()
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 5  # a client that stops sending its body is answered anyway
+
             def _refuse(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)  # read, so the client sees the answer, not a reset
+                # Read the body, so the client sees the answer rather than a reset.
+                left = _body_length(self.headers.get("Content-Length"))
+                try:
+                    while left > 0 and (chunk := self.rfile.read(min(left, _CHUNK))):
+                        left -= len(chunk)
+                except OSError:
+                    pass  # timed out or gone: answer (or fail to) all the same
                 self.send_response(503)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -39,6 +39,21 @@ def test_every_request_gets_503_retry_after_and_why_until_the_stand_in_stops() -
         httpx.get(f"{url}/health", timeout=5)
 
 
+def _raw_request(port: int, length: bytes, body: bytes = b"{}") -> bytes:
+    with socket.create_connection((HOST, port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: rearview\r\nContent-Length: " + length + b"\r\n\r\n" + body)
+        return sock.recv(100)
+
+
+def test_a_forged_or_stalled_body_length_still_gets_the_503() -> None:
+    port = free_port()
+    with Unavailable(HOST, port, "beginning a new log"):
+        # Not a number, negative, 100 GB (once read whole: MemoryError, no answer), and a body
+        # that stops short of its length (answered when the read times out).
+        for length in (b"abc", b"-5", b"99999999999", b"100"):
+            assert _raw_request(port, length).startswith(b"HTTP/1.0 503 "), length
+
+
 def test_it_cannot_share_the_port_of_an_api_started_without_reuse_port() -> None:
     port = free_port()
     api = _listening(port, reuse_port=False)  # the default: a taken port is an error, not shared
